@@ -1,0 +1,13 @@
+"""Exceptions that callers (CLI, ROS node) turn into clear messages and statuses."""
+
+
+class GromaError(Exception):
+    """Base class of every error groma_core raises on purpose."""
+
+
+class GromaInputError(GromaError, ValueError):
+    """The caller gave bad input: an empty or oversized command, a malformed image, a bad box."""
+
+
+class CheckpointError(GromaError):
+    """A model directory is missing, incomplete, corrupt, or does not fit the architecture."""
