@@ -1,0 +1,187 @@
+"""Groma configuration.
+
+The official ``config.json`` (``FoundationVision/groma-7b-finetune``) has three nested configs, each written
+by transformers 4.32 ``to_json_string(use_diff=True)``, i.e. as a *diff* against that version's defaults:
+``llm_cfg`` (LlamaConfig), ``perceiver_cfg.vis_encoder_cfg`` (Dinov2Config) and ``perceiver_cfg.ddetr_cfg``
+(DeformableDetrConfig). Building the transformers config classes from the diffs fills the defaults back
+in; the defaults this project relies on are the same in transformers 4.57 as in 4.32 (a test checks them).
+
+Several sizes in the original region encoder and proposer are fixed in its code whatever the config says
+(box-MLP width 256, region width 1024, region features 4096 wide, 14x14 RoIs, 5 fuse rounds, GroupNorm(64)),
+and two coordinate bugs shaped the released weights. Those are the fields of :class:`ProjectOptions`:
+their defaults are the official values, and the project's own small model (``groma-tiny``) changes them.
+They are stored under the key ``"groma_core"`` of ``config.json``; an official file has no such key.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from transformers import DeformableDetrConfig, Dinov2Config, LlamaConfig
+
+from .errors import CheckpointError
+
+#: Official number of Groma's added tokens (`[PAD]`, `<sep>`, ..., `[grounding]`, `<r0>`..`<r99>`).
+NUM_NEW_TOKENS = 114
+
+
+@dataclass
+class ProjectOptions:
+    """Switches and widths the original hard-codes; defaults reproduce the released model exactly."""
+
+    image_size: int = 448  # network input side; images are squashed to image_size x image_size
+    resize_filter: str = "bicubic"  # PIL filter of the squash (the official chat path uses bicubic)
+    proposer_box_hidden: int = 256  # width of the proposer's box MLPs
+    region_hidden: int = 1024  # flatten_linear / pos_embedd output width
+    region_pos_hidden: int = 256  # first layer of pos_embedd
+    region_feature_dim: int = 4096  # updims output; 4096 in the original whatever the LLM width
+    region_roi_size: int = 14  # RoIAlign output side
+    region_num_fuse: int = 5  # cross-scale fuse rounds
+    region_gn_groups: int = 64  # GroupNorm groups of the fuse convs
+    roi_bug_compatible: bool = True  # cxcywh passed as xyxy and 2x spatial scales (official weights need it)
+    region_order: str = "score"  # "score" (deterministic, by descending score) or "random" (the original)
+    region_order_seed: int = 0  # seed of the "random" order
+
+
+@dataclass
+class GromaConfig:
+    """Everything needed to build a :class:`groma_core.model.GromaModel`."""
+
+    llm: LlamaConfig
+    vision: Dinov2Config
+    ddetr: DeformableDetrConfig
+    vis_output_layer: int = -1
+    num_new_tokens: int = NUM_NEW_TOKENS
+    nms_thres: float = 0.6
+    box_score_thres: float = 0.15
+    max_region_num: int = 100
+    options: ProjectOptions = field(default_factory=ProjectOptions)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the output layer: the LLM's base vocabulary plus Groma's added tokens."""
+        return self.llm.vocab_size + self.num_new_tokens
+
+    @property
+    def patch_grid(self) -> int:
+        """Side of the DINOv2 patch grid at the network input size (32 for 448 / 14)."""
+        return self.options.image_size // self.vision.patch_size
+
+    # ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "GromaConfig":
+        """Build from the parsed ``config.json`` of an official or project checkpoint."""
+        try:
+            perceiver = raw["perceiver_cfg"]
+            llm = LlamaConfig(**_strip_meta(raw["llm_cfg"]))
+            vision = Dinov2Config(**_strip_meta(perceiver["vis_encoder_cfg"]))
+            ddetr = DeformableDetrConfig(**_strip_meta(perceiver["ddetr_cfg"]))
+        except KeyError as exc:
+            raise CheckpointError(f"config.json lacks the Groma field {exc.args[0]!r}") from exc
+        # Groma always runs the proposer with the pure-PyTorch deformable attention.
+        ddetr.disable_custom_kernels = True
+        options_raw = raw.get("groma_core", {})
+        known = {f.name for f in fields(ProjectOptions)}
+        unknown = set(options_raw) - known
+        if unknown:
+            raise CheckpointError(f"config.json 'groma_core' has unknown options: {sorted(unknown)}")
+        return cls(
+            llm=llm,
+            vision=vision,
+            ddetr=ddetr,
+            vis_output_layer=int(perceiver.get("vis_output_layer", -1)),
+            num_new_tokens=int(raw.get("num_new_token", NUM_NEW_TOKENS)),
+            nms_thres=float(raw.get("nms_thres", 0.6)),
+            box_score_thres=float(raw.get("box_score_thres", 0.15)),
+            max_region_num=int(raw.get("max_region_num", 100)),
+            options=ProjectOptions(**options_raw),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "GromaConfig":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"no config.json at {path}") from exc
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` layout of the original, plus the project's ``groma_core`` options."""
+        return {
+            "architectures": ["GromaModel"],
+            "model_type": "groma",
+            "num_new_token": self.num_new_tokens,
+            "nms_thres": self.nms_thres,
+            "box_score_thres": self.box_score_thres,
+            "max_region_num": self.max_region_num,
+            "vocab_size": self.vocab_size,
+            "llm_cfg": self.llm.to_diff_dict(),
+            "perceiver_cfg": {
+                "model_type": "ddetr",
+                "vis_output_layer": self.vis_output_layer,
+                "vis_encoder_cfg": self.vision.to_diff_dict(),
+                "ddetr_cfg": self.ddetr.to_diff_dict(),
+            },
+            "groma_core": asdict(self.options),
+        }
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory, "config.json").write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    def copy(self) -> "GromaConfig":
+        return copy.deepcopy(self)
+
+
+def _strip_meta(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Drop bookkeeping fields that are not model hyper-parameters."""
+    drop = {"architectures", "transformers_version", "_name_or_path", "model_type"}
+    return {k: v for k, v in cfg.items() if k not in drop}
+
+
+def official_7b_config() -> GromaConfig:
+    """The ``groma-7b-finetune`` configuration (Vicuna-7B + DINOv2-L/14 + 6/6-layer proposer)."""
+    return GromaConfig.from_dict(
+        {
+            "num_new_token": NUM_NEW_TOKENS,
+            "nms_thres": 0.6,
+            "box_score_thres": 0.15,
+            "max_region_num": 100,
+            "llm_cfg": {
+                "hidden_size": 4096,
+                "intermediate_size": 11008,
+                "num_attention_heads": 32,
+                "num_hidden_layers": 32,
+                "num_key_value_heads": 32,
+                "max_position_embeddings": 4096,
+                "rms_norm_eps": 1e-5,
+                "pad_token_id": 0,
+                "vocab_size": 32000,
+            },
+            "perceiver_cfg": {
+                "vis_output_layer": -2,
+                "vis_encoder_cfg": {
+                    "hidden_size": 1024,
+                    "image_size": 518,
+                    "num_hidden_layers": 24,
+                    "num_attention_heads": 16,
+                    "patch_size": 14,
+                },
+                "ddetr_cfg": {
+                    "auxiliary_loss": True,
+                    "class_cost": 2,
+                    "cls_loss_coefficient": 2,
+                    "num_feature_levels": 1,
+                    "two_stage": True,
+                    "with_box_refine": True,
+                    "num_labels": 1,
+                },
+            },
+        }
+    )
