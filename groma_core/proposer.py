@@ -229,4 +229,5 @@ class Perceiver(nn.Module):
         return mean.transpose(1, 2).reshape(b, c, self.grid, self.grid)
 
     def propose(self, hidden_states: tuple[Tensor, ...]) -> ProposerOutput:
-        return self.ddetr_transformer(self.input_proj[0](self.proposer_input(hidden_states)))
+        """Proposals from DINOv2 hidden states; the proposer always runs in float32."""
+        return self.ddetr_transformer(self.input_proj[0](self.proposer_input(hidden_states).float()))

@@ -47,7 +47,7 @@ def resize_square(image: np.ndarray | Image.Image, size: int, resize_filter: str
 
 def normalize_pixels(resized: np.ndarray) -> Tensor:
     """(S, S, 3) uint8 -> (1, 3, S, S) float32: x / 255, minus ImageNet mean, divided by ImageNet std."""
-    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() * (1.0 / 255.0)
+    x = torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).float() * (1.0 / 255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return ((x - mean) / std).unsqueeze(0)
