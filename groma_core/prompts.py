@@ -140,7 +140,7 @@ def build_prompt(
         elif not isinstance(assistant, str):
             raise GromaInputError(f"turn {i}: assistant message must be a str or None")
         messages += [(user_role, user), (assistant_role, assistant)]
-    if not messages:
+    if not turns:
         raise GromaInputError("no turns")
     return template.render(messages)
 
