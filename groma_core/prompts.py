@@ -120,7 +120,8 @@ def build_prompt(
         A chat between ... questions. USER: Here is an image with region crops from it. Image: <image>.
         Regions: <region>. ASSISTANT: Thank you for the image! How can I assist you with it?</s>USER: q ASSISTANT:
 
-    (one line, no newlines).
+    (one line, no newlines).  ``build_prompt([])`` is the shared prefix of every prompt: system prompt and
+    first round, ending in ``"</s>"`` (4.32 splits at ``</s>``, so its ids are a prefix of every prompt's ids).
     """
     if isinstance(turns, (str, bytes)) or not isinstance(turns, Sequence):
         raise GromaInputError("turns must be a sequence of (user, assistant) pairs")
@@ -140,8 +141,8 @@ def build_prompt(
         elif not isinstance(assistant, str):
             raise GromaInputError(f"turn {i}: assistant message must be a str or None")
         messages += [(user_role, user), (assistant_role, assistant)]
-    if not turns:
-        raise GromaInputError("no turns")
+    if not messages:
+        raise GromaInputError("no turns and no first round: nothing to render")
     return template.render(messages)
 
 

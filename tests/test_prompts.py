@@ -98,9 +98,19 @@ def test_generated_answers_of_cases_parse(tok: GromaTokenizer, official_fixture_
 
 
 def test_bad_turns() -> None:
-    for bad in ([("Q", None), ("Q2", None)], [("", None)], [("Q",)], "Q", [("Q", 3)], []):
+    for bad in ([("Q", None), ("Q2", None)], [("", None)], [("Q",)], "Q", [("Q", 3)]):
         with pytest.raises(GromaInputError):
             build_prompt(bad)  # type: ignore[arg-type]
+    with pytest.raises(GromaInputError):
+        build_prompt([], first_round=False)
+
+
+def test_prefix_prompt_ids_are_a_prefix(tok: GromaTokenizer) -> None:
+    prefix = build_prompt([])
+    assert prefix == PREFIX
+    prefix_ids = tok.encode(prefix)
+    for query in ("Locate <p>the cup</p> in the image.", "[grounding]hi", "Please briefly describe <roi><refer_box></roi><refer_feat>."):
+        assert tok.encode(build_inference_prompt(query))[: len(prefix_ids)] == prefix_ids
 
 
 # ---------------------------------------------------------------------- queries
