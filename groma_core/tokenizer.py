@@ -496,7 +496,7 @@ class GromaTokenizer:
         pending: list[str] = []
         prev_special = False
         for i, piece in enumerate(pieces):
-            if piece in _SP_SPECIALS or piece in self.all_special_tokens:
+            if piece in self.all_special_tokens:
                 if self.legacy and not prev_special and i != 0:
                     out.append(" ")
                 out.append(self._sp.decode_pieces(pending) + piece)
