@@ -431,7 +431,7 @@ def _materials(obj: _Obj) -> np.ndarray:
     base = np.array(COLORS[obj.color], np.float32) / 255.0
     lum = float(base @ np.array([0.3, 0.59, 0.11], np.float32))
     dark = base * 0.45
-    inside = base * 0.7
+    inside = base * 0.82
     light = np.clip(base * 1.15 + 0.05, 0, 1)
     if obj.kind == "bottle":
         dark = np.array([0.9, 0.9, 0.9], np.float32) if lum < 0.45 else np.array([0.15, 0.15, 0.17], np.float32)
@@ -675,11 +675,13 @@ def _render_object(obj: _Obj, cam: _Camera, rays, light: np.ndarray) -> _Layer |
     dz = np.broadcast_to(wz, dx.shape)
     with np.errstate(all="ignore"):  # misses carry inf/nan normals; only hits are used
         t, nx, ny, nz, mat = _object_hits(obj, o, dx, dy, dz)
-        return _shade(obj, t, nx, ny, nz, mat, (wx, wy, wz), light, (y0, y1, x0, x1))
+        pz = o[2] + t * dz  # height above the table of each hit
+        return _shade(obj, t, nx, ny, nz, mat, pz, (wx, wy, wz), light, (y0, y1, x0, x1))
 
 
-def _shade(obj: _Obj, t, nx, ny, nz, mat, wdir, light: np.ndarray, window) -> _Layer | None:
-    """Lambert + Blinn-Phong shading of one object's hits (normals in its local frame)."""
+def _shade(obj: _Obj, t, nx, ny, nz, mat, pz, wdir, light: np.ndarray, window) -> _Layer | None:
+    """Lambert + Blinn-Phong shading of one object's hits (normals in its local frame); the
+    inside of a container darkens with depth below its rim (a cheap ambient occlusion)."""
     wx, wy, wz = wdir
     y0, y1, x0, x1 = window
     cs, sn = math.cos(obj.yaw), math.sin(obj.yaw)
@@ -702,6 +704,7 @@ def _shade(obj: _Obj, t, nx, ny, nz, mat, wdir, light: np.ndarray, window) -> _L
     table = _materials(obj)
     mtab = table[mat]
     shade = 0.72 + 0.36 * lam
+    shade = np.where(mat == M_INSIDE, shade * (0.6 + 0.4 * np.clip(pz / obj.dims[2], 0.0, 1.0)), shade)
     rgb = mtab[..., :3] * shade[..., None] + (mtab[..., 3] * spec)[..., None] * 0.8
     depth = np.where(hit, t, _INF).astype(np.float32)
     rgb = np.where(hit[..., None], rgb, 0.0)
