@@ -116,6 +116,8 @@ COLOR_WORDS: dict[str, list[str]] = {
     "brown": ["brown", "~chocolate-brown"],
     "grey": ["grey", "gray", "~silver"],
 }
+#: nouns for a description without a kind ("the blue one", "the leftmost object")
+GENERIC_NOUNS: list[str] = ["object", "thing", "item", "one", "~article", "~piece"]
 SIZE_WORDS: dict[str, list[str]] = {
     "small": ["small", "little", "~tiny", "~mini"],
     "large": ["large", "big", "~huge", "~giant"],
@@ -256,14 +258,15 @@ def _canon(entries: list[str]) -> str:
 class Ref:
     """A structured description of one object.
 
-    ``kind``: a catalogue kind, or an absent noun (negatives). ``color``: a colour name or None.
+    ``kind``: a catalogue kind, an absent noun (negatives), or None (any kind: "the blue one",
+    "the leftmost object"). ``color``: a colour name or None.
     ``size``: 'small'/'large' or None (for a lone candidate: its size word; among several: the
     clearly smallest/largest). ``relation``: ``(rel, anchor)`` with rel in ``RELATION_WORDS``, or
     ``('between', anchor1, anchor2)``; anchors are Refs. ``ordinal``: ``(n, side)``, 1-based, side
     'left'/'right' (counted by box centre). ``superlative``: a key of ``SUPERLATIVE_PRE``.
     """
 
-    kind: str
+    kind: str | None
     color: str | None = None
     size: str | None = None
     relation: tuple | None = None
@@ -364,7 +367,7 @@ def resolve(scene: Scene, ref: Ref) -> tuple[list[int], bool]:
     """Objects of ``scene`` that ``ref`` describes, and whether the answer is *clear* (no
     borderline relation, order or size decided it). A usable referring expression gives
     ``([target], True)``; a usable negative gives ``([], True)``."""
-    cands = [o for o in scene.objects if o.kind == ref.kind and (ref.color is None or o.color == ref.color)]
+    cands = [o for o in scene.objects if ref.kind in (None, o.kind) and ref.color in (None, o.color)]
     clear = True
     if ref.relation is not None:
         rel, *anchor_refs = ref.relation
@@ -438,6 +441,7 @@ def _simple_refs(scene: Scene, t: int) -> list[Ref]:
         opts += [Ref(o.kind, size=size), Ref(o.kind, o.color, size=size)]
     else:
         opts += [Ref(o.kind, size=s) for s in ("small", "large")] + [Ref(o.kind, o.color, size=s) for s in ("small", "large")]
+    opts.append(Ref(None, o.color))
     seen, out = set(), []
     for r in opts:
         if r not in seen and _unique(scene, r, t):
@@ -448,14 +452,22 @@ def _simple_refs(scene: Scene, t: int) -> list[Ref]:
 
 def candidate_refs(scene: Scene, t: int) -> dict[str, list[Ref]]:
     """All unique descriptions of object ``t`` this generator knows, by type: 'simple'
-    (attributes), 'relation', 'between', 'ordinal', 'superlative'."""
+    (attributes), 'relation', 'between', 'ordinal', 'superlative'. Cached in ``scene.meta``
+    (a scene's truth does not change), so drawing many samples from one scene stays cheap."""
+    cache = scene.meta.setdefault("language_refs", {})
+    if t not in cache:
+        cache[t] = _candidate_refs(scene, t)
+    return cache[t]
+
+
+def _candidate_refs(scene: Scene, t: int) -> dict[str, list[Ref]]:
     o = scene.objects[t]
     out: dict[str, list[Ref]] = {"simple": _simple_refs(scene, t)}
-    heads = [Ref(o.kind), Ref(o.kind, o.color)]
+    heads = [Ref(o.kind), Ref(o.kind, o.color), Ref(None, o.color), Ref(None)]
     anchors: dict[int, Ref] = {}
     for a in scene.objects:
         if a.index != t:
-            simple = [r for r in _simple_refs(scene, a.index) if r.size is None]
+            simple = [r for r in _simple_refs(scene, a.index) if r.size is None and r.kind is not None]
             if simple:
                 anchors[a.index] = simple[-1]  # colour + kind: also informative for the reader
     rels = []
@@ -477,7 +489,7 @@ def candidate_refs(scene: Scene, t: int) -> dict[str, list[Ref]]:
     out["between"] = betw
     ords, sups = [], []
     for h in heads:
-        n_same = sum(1 for x in scene.objects if x.kind == h.kind and (h.color is None or x.color == h.color))
+        n_same = sum(1 for x in scene.objects if h.kind in (None, x.kind) and h.color in (None, x.color))
         if n_same < 2:
             continue
         for side in ("left", "right"):
@@ -520,8 +532,9 @@ def canonical_ref(scene: Scene, t: int) -> Ref:
             return r
     cands = candidate_refs(scene, t)
     for k in ("superlative", "relation", "simple", "ordinal", "between"):
-        if cands[k]:
-            return min(cands[k], key=lambda r: len(realize(r)))
+        named = [r for r in cands[k] if r.kind is not None]
+        if named:
+            return min(named, key=lambda r: len(realize(r)))
     return base  # the box disambiguates
 
 
@@ -537,12 +550,19 @@ def canonical_phrase(scene: Scene, t: int) -> str:
 
 def _np_core(ref: Ref, rng: random.Random | None, split: str) -> tuple[str, str]:
     """(adjectives, noun) of a description's head, e.g. ('small blue', 'coffee mug')."""
+    if ref.kind is None:
+        noun = _canon(GENERIC_NOUNS) if rng is None else _pick(rng, GENERIC_NOUNS, split)
+        if noun == "one" and not (ref.color or ref.size or ref.superlative or ref.ordinal):
+            noun = "object"
+        ref = replace(ref, kind="mug")  # for the adjectives below; the noun is already chosen
+    else:
+        noun = None
     if rng is None:
-        noun = _canon(KIND_WORDS[ref.kind]) if ref.kind in KIND_WORDS else ref.kind.lstrip("~")
+        noun = noun or (_canon(KIND_WORDS[ref.kind]) if ref.kind in KIND_WORDS else ref.kind.lstrip("~"))
         adj = [_canon(SIZE_WORDS[ref.size])] if ref.size else []
         adj += [_canon(COLOR_WORDS[ref.color])] if ref.color else []
         return " ".join(adj), noun
-    noun = _pick(rng, KIND_WORDS[ref.kind], split) if ref.kind in KIND_WORDS else ref.kind.lstrip("~")
+    noun = noun or (_pick(rng, KIND_WORDS[ref.kind], split) if ref.kind in KIND_WORDS else ref.kind.lstrip("~"))
     adj = [_pick(rng, SIZE_WORDS[ref.size], split)] if ref.size else []
     adj += [_pick(rng, COLOR_WORDS[ref.color], split)] if ref.color else []
     return " ".join(adj), noun

@@ -45,7 +45,7 @@ def _matches(scene, ref: Ref) -> list[int]:
         ra, rb = max(a.dimensions_3d[:2]) / 2, max(b.dimensions_3d[:2]) / 2
         return float(np.hypot(*(np.subtract(a.base_world, b.base_world)))) - ra - rb
 
-    pool = [o for o in objs if o.kind == ref.kind and ref.color in (None, o.color)]
+    pool = [o for o in objs if ref.kind in (None, o.kind) and ref.color in (None, o.color)]
     if ref.relation:
         rel = ref.relation[0]
         anchors = []
