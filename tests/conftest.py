@@ -22,3 +22,51 @@ def official_tiny_fixture() -> Path:
 def official_fixture_dir() -> Path:
     """The groma_official_tiny fixture directory (test skipped if absent)."""
     return official_tiny_fixture()
+
+
+# --- ROS 2 test set-up (helpers in ros_env.py) --------------------------------
+
+from typing import Iterator  # noqa: E402
+
+import ros_env  # noqa: E402
+
+# Applied at import time, i.e. before any test module can initialise rclpy.
+ROS_TEST_ENV: dict[str, str] = ros_env.apply_ros_test_environment()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "ROS test env: " + " ".join(f"{k}={v}" for k, v in ROS_TEST_ENV.items())
+
+
+@pytest.fixture
+def ros_context() -> Iterator[object]:
+    """A fresh, initialised rclpy Context, shut down after the test.
+
+    Own contexts instead of the global one let tests run in any order and leave
+    nothing behind for the next test.
+    """
+    import rclpy
+    from rclpy.context import Context
+
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        if context.ok():
+            rclpy.shutdown(context=context)
+
+
+@pytest.fixture
+def ros_executor(ros_context: object) -> Iterator[object]:
+    """A SingleThreadedExecutor on `ros_context`; its nodes are destroyed after the test."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=ros_context)  # type: ignore[arg-type]
+    try:
+        yield executor
+    finally:
+        for node in list(executor.get_nodes()):
+            executor.remove_node(node)
+            node.destroy_node()
+        executor.shutdown()
