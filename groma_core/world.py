@@ -40,6 +40,8 @@ __all__ = [
     "COLORS",
     "render_scene",
     "scene_truth",
+    "depth_to_16uc1_mm",
+    "depth_to_32fc1_m",
     "write_scene",
 ]
 
@@ -910,6 +912,19 @@ def render_scene(seed: int, width: int = 640, height: int = 480, min_objects: in
         instance_mask=mask.astype(np.int16), camera_height_m=cam.h, camera_pitch_rad=cam.pitch,
         table_style=style,
     )
+
+
+def depth_to_16uc1_mm(depth_m: np.ndarray) -> np.ndarray:
+    """Depth in metres (float) -> ROS ``16UC1`` depth: uint16 millimetres, rounded; values beyond
+    65.535 m saturate, and 0 (ROS: no reading) only where the input is not finite or <= 0."""
+    d = np.asarray(depth_m, dtype=np.float64)
+    mm = np.where(np.isfinite(d) & (d > 0), np.rint(d * 1000.0), 0.0)
+    return np.clip(mm, 0, 65535).astype(np.uint16)
+
+
+def depth_to_32fc1_m(depth_m: np.ndarray) -> np.ndarray:
+    """Depth in metres -> ROS ``32FC1`` depth: C-contiguous float32 metres."""
+    return np.ascontiguousarray(depth_m, dtype=np.float32)
 
 
 def scene_truth(scene: Scene) -> dict:

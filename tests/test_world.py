@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from groma_core.world import COLORS, KINDS, render_scene, scene_truth, write_scene
+from groma_core.world import COLORS, KINDS, depth_to_16uc1_mm, depth_to_32fc1_m, render_scene, scene_truth, write_scene
 
 SEEDS = list(range(12))
 
@@ -135,3 +135,20 @@ def test_truth_json_and_write_scene(tmp_path, scenes):
 
     assert np.array_equal(np.asarray(Image.open(png)), scenes[1].image)
     assert json.loads(js.read_text()) == json.loads(json.dumps(truth))
+
+
+def test_depth_encodings_keep_the_visible_surface_within_3cm(scenes):
+    """The 3D work reads 16UC1 millimetres or 32FC1 metres: back-projecting an object's pixels
+    from either encoding reproduces the visible-surface centre (far inside 3 cm)."""
+    for sc in list(scenes.values())[:4]:
+        K = sc.intrinsics
+        mm = depth_to_16uc1_mm(sc.depth_m)
+        m32 = depth_to_32fc1_m(sc.depth_m)
+        assert mm.dtype == np.uint16 and (mm > 0).all()
+        assert m32.dtype == np.float32 and m32.flags.c_contiguous
+        for o in sc.objects:
+            ys, xs = np.nonzero(sc.instance_mask == o.index)
+            for z in (mm[ys, xs] / 1000.0, m32[ys, xs]):
+                p = K.backproject(xs, ys, z).mean(0)
+                assert np.linalg.norm(p - np.array(o.visible_surface_center_3d)) < 0.003
+    assert depth_to_16uc1_mm(np.array([np.nan, -1.0, 70.0, 0.5004]))[[0, 1, 2, 3]].tolist() == [0, 0, 65535, 500]
