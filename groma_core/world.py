@@ -881,9 +881,10 @@ def render_scene(seed: int, width: int = 640, height: int = 480, min_objects: in
     rgb *= row[:, None, None]
     img = rgb
     pix = _noise_bank()[0]
-    if height <= pix.shape[0] and width <= pix.shape[1]:
-        oy, ox = rng.randrange(pix.shape[0] - height + 1), rng.randrange(pix.shape[1] - width + 1)
-        img += pix[oy : oy + height, ox : ox + width]
+    if height > pix.shape[0] or width > pix.shape[1]:  # larger than the bank: tile it
+        pix = np.tile(pix, (-(-height // pix.shape[0]), -(-width // pix.shape[1]), 1))
+    oy, ox = rng.randrange(pix.shape[0] - height + 1), rng.randrange(pix.shape[1] - width + 1)
+    img += pix[oy : oy + height, ox : ox + width]
     image = np.clip(img, 0, 255).astype(np.uint8)
 
     objects: list[SceneObject] = []
