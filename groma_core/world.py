@@ -87,6 +87,11 @@ COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 #: the image height: at 480 px, 40-216 px, so that it stays recognisable at 224 x 224.
 MIN_EXTENT_FRAC, MAX_EXTENT_FRAC = 40 / 480, 0.45
 
+#: Probability that a placement tries first to put the object just behind another one (partial
+#: occlusion); rendering then drops objects more than ``MAX_OCCLUDED`` hidden.
+OCCLUDE_BIAS = 0.35
+MAX_OCCLUDED = 0.55
+
 #: Size classes: (word, scale range relative to the kind's nominal size).
 SIZE_SCALES: dict[str, tuple[float, float]] = {
     "small": (0.72, 0.84),
@@ -613,12 +618,18 @@ def _layout(rng: random.Random, cam: _Camera, n: int) -> list[_Obj]:
         kind = rng.choice(KINDS)
         color = rng.choice(COLOR_NAMES)
         obj = _sample_object(rng, kind, color)
-        for _attempt in range(40):
-            u = rng.uniform(0.08, 0.92) * K.width
-            v = rng.uniform(0.35, 0.95) * K.height
-            ui, vi = min(int(u), K.width - 1), min(int(v), K.height - 1)
-            t = -cam.h / float(dwz[vi, 0])
-            bx, by = t * float(dwx[0, ui]), t * float(dwy[vi, 0])
+        for attempt in range(60):
+            if placed and attempt < 30 and rng.random() < OCCLUDE_BIAS:
+                # just behind an object already placed, so that it is partly hidden
+                p = rng.choice(placed)
+                bx = p.base[0] + rng.uniform(-0.8, 0.8) * (p.radius + obj.radius)
+                by = p.base[1] + p.radius + obj.radius + rng.uniform(0.015, 0.06)
+            else:
+                u = rng.uniform(0.08, 0.92) * K.width
+                v = rng.uniform(0.35, 0.95) * K.height
+                ui, vi = min(int(u), K.width - 1), min(int(v), K.height - 1)
+                t = -cam.h / float(dwz[vi, 0])
+                bx, by = t * float(dwx[0, ui]), t * float(dwy[vi, 0])
             if any(math.hypot(bx - p.base[0], by - p.base[1]) < obj.radius + p.radius + 0.012 for p in placed):
                 continue
             obj.base = (bx, by)
@@ -849,7 +860,7 @@ def render_scene(seed: int, width: int = 640, height: int = 480, min_objects: in
                     continue
                 occ = 1.0 - vis[i] / max(full[i], 1)
                 box = _mask_box(mask, i, layers[i])
-                if occ > 0.55 or box is None or box[2] - box[0] < 12 or box[3] - box[1] < 12:
+                if occ > MAX_OCCLUDED or box is None or box[2] - box[0] < 12 or box[3] - box[1] < 12:
                     bad.append((occ, i))
             if not bad:
                 break
