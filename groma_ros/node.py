@@ -1,0 +1,615 @@
+"""``groma_node``: a lifecycle node that grounds natural-language commands on camera images.
+
+Topics are relative, so a namespace or remaps place them (see ``DESIGN.md``):
+
+* in: ``image`` (sensor_msgs/Image), ``image/compressed`` (CompressedImage, when
+  ``subscribe_compressed``), ``command`` (std_msgs/String)
+* out: ``detections`` (vision_msgs/Detection2DArray), ``grounding`` (groma_ros/GroundingResult),
+  ``annotated_image`` (sensor_msgs/Image, rgb8)
+* service: ``~/ground`` (groma_ros/Ground)
+
+Lifecycle: *configure* loads the model; *activate* creates subscriptions, publishers, the service
+and the worker thread; *deactivate* destroys them (queued commands get an ERROR result);
+*cleanup* frees the model.  Deactivate keeps the model so that pause/resume is instant;
+cleanup is the transition that gives memory back.  ``autostart`` runs configure + activate at
+start-up, so the node works without a lifecycle manager.
+
+Threading: image callbacks only store the latest message (KEEP_LAST 1).  Commands go into one
+FIFO queue that a single worker thread drains, so commands run in arrival order, never inside
+an image callback, and an image flood cannot delay them beyond the model's own time.  The
+callbacks sit in separate callback groups of a MultiThreadedExecutor.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import sys
+import threading
+import time
+import traceback
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header, String
+from vision_msgs.msg import BoundingBox2D, Detection2DArray
+
+from groma_core.errors import GromaInputError
+from groma_ros.annotate import annotate
+from groma_ros.conversions import bbox2d_to_xyxy, duration_msg, fill_result
+from groma_ros.image_conversion import ImageConversionError, msg_to_rgb, rgb_to_image_msg
+from groma_ros.msg import GroundingResult
+from groma_ros.srv import Ground
+
+__all__ = ["GromaNode", "PipelineFactory", "validate_command", "main"]
+
+#: ``factory(path, device=..., dtype=..., nms_thres=..., box_score_thres=..., max_region_num=...)``
+#: -> an object with ``encode``, ``ground``, ``ask`` (the ``GromaPipeline`` API).
+PipelineFactory = Callable[..., Any]
+
+ImageMsg = Union[Image, CompressedImage]
+
+_RELIABILITY = {
+    "best_effort": ReliabilityPolicy.BEST_EFFORT,
+    "reliable": ReliabilityPolicy.RELIABLE,
+    "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
+}
+_DTYPES = ("float32", "float16", "bfloat16")
+# Depth of the command subscription and the result publishers: commands are small and each one
+# must get a result, so allow a burst to wait in DDS rather than be overwritten.
+_COMMAND_DEPTH = 100
+
+
+def _describe(text: str, **kwargs: Any) -> ParameterDescriptor:
+    return ParameterDescriptor(description=text, **kwargs)
+
+
+# name -> (default, descriptor). Read at configure (model), activate (topics) or per command
+# ("live"); the description says which, so `ros2 param describe` tells the user.
+PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
+    "autostart": (True, _describe("Configure and activate at start-up, without a lifecycle manager.", read_only=True)),
+    "model_path": ("", _describe("Groma model directory; empty = the embedded groma-tiny model. Applied at configure.")),
+    "device": ("cpu", _describe("Torch device for the model, e.g. 'cpu', 'cuda', 'cuda:1'. Applied at configure.")),
+    "dtype": ("float32", _describe(f"Model weights dtype, one of {', '.join(_DTYPES)}. Applied at configure.")),
+    "nms_threshold": (
+        -1.0,
+        _describe(
+            "IoU threshold of the region proposer's NMS; negative = the model's default. Applied at configure.",
+            floating_point_range=[FloatingPointRange(from_value=-1.0, to_value=1.0)],
+        ),
+    ),
+    "box_score_threshold": (
+        -1.0,
+        _describe(
+            "Minimum proposal score of a region; negative = the model's default. Applied at configure.",
+            floating_point_range=[FloatingPointRange(from_value=-1.0, to_value=1.0)],
+        ),
+    ),
+    "max_regions": (
+        -1,
+        _describe(
+            "Most regions proposed per frame; negative = the model's default. Applied at configure.",
+            integer_range=[IntegerRange(from_value=-1, to_value=1000, step=1)],
+        ),
+    ),
+    "max_new_tokens": (
+        0,
+        _describe(
+            "Most tokens generated per answer; 0 = the model's default. Live.",
+            integer_range=[IntegerRange(from_value=0, to_value=4096, step=1)],
+        ),
+    ),
+    "image_reliability": (
+        "best_effort",
+        _describe(
+            "Reliability of the image subscriptions: best_effort (sensor data; matches every camera), "
+            "reliable (only matches reliable publishers), system_default. Applied at activate."
+        ),
+    ),
+    "subscribe_compressed": (False, _describe("Also subscribe 'image/compressed' (JPEG/PNG). Applied at activate.")),
+    "max_frame_age": (
+        2.0,
+        _describe(
+            "Commands fail with STALE_IMAGE when the latest image is older than this (seconds, "
+            "now minus header stamp); <= 0 disables the check. Live."
+        ),
+    ),
+    "no_image_warning_delay": (
+        5.0,
+        _describe("Warn once if no image arrived this many seconds after activation; <= 0 disables. Applied at activate."),
+    ),
+    "publish_detections": (True, _describe("Publish vision_msgs/Detection2DArray on 'detections'. Live.")),
+    "publish_annotated_image": (
+        True,
+        _describe("Publish the image with boxes and phrases on 'annotated_image' (drawn only when subscribed). Live."),
+    ),
+    "max_queue": (
+        100,
+        _describe(
+            "Most commands waiting; further commands get an ERROR result at once. Live.",
+            integer_range=[IntegerRange(from_value=1, to_value=100000, step=1)],
+        ),
+    ),
+}
+
+
+def validate_command(command: Any, max_chars: Optional[int]) -> Optional[str]:
+    """Return why ``command`` cannot be grounded, or ``None`` when it is usable text.
+
+    Rejected: non-``str``, empty or whitespace-only, longer than ``max_chars`` (when given),
+    containing control characters or U+FFFD (what undecodable bytes become), or without a single
+    letter or digit.
+    """
+    if not isinstance(command, str):
+        return f"command must be text, got {type(command).__name__}"
+    if not command.strip():
+        return "command is empty" if not command else "command is only whitespace"
+    if max_chars is not None and len(command) > max_chars:
+        return f"command is too long ({len(command)} characters > {max_chars})"
+    for ch in command:
+        if ch == "\ufffd" or (unicodedata.category(ch) == "Cc" and ch not in "\t\n\r"):
+            return f"command is not text (contains {ch!r})"
+    if not any(ch.isalnum() for ch in command):
+        return "command is not text (no letter or digit)"
+    return None
+
+
+@dataclass
+class _Job:
+    """One command waiting for the worker, from the topic or the service."""
+
+    command_id: int
+    command: Any
+    received: float  # time.monotonic() at arrival, for the latency
+    image: Optional[Image] = None  # service: its own image
+    regions: list[BoundingBox2D] = field(default_factory=list)
+    done: Optional[threading.Event] = None  # service: set when ``result`` is ready
+    result: Optional[GroundingResult] = None
+
+
+@dataclass
+class _Latest:
+    """The latest image message and when it arrived (receive sequence number, ROS time)."""
+
+    msg: ImageMsg
+    seq: int
+    received_ns: int
+
+
+_STOP = object()
+
+
+class GromaNode(LifecycleNode):
+    """The Groma lifecycle node; see the module docstring for topics and lifecycle."""
+
+    def __init__(self, pipeline_factory: Optional[PipelineFactory] = None, **kwargs: Any) -> None:
+        """Create the node (unconfigured) and declare its parameters.
+
+        Args:
+            pipeline_factory: builds the model at configure; default
+                ``groma_core.pipeline.GromaPipeline.from_pretrained``.  Tests inject a double.
+            kwargs: passed to ``LifecycleNode`` (e.g. ``context``, ``parameter_overrides``).
+        """
+        kwargs.setdefault("node_name", "groma_node")
+        super().__init__(**kwargs)
+        self._pipeline_factory = pipeline_factory
+        for name, (default, descriptor) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        self.add_on_set_parameters_callback(self._check_parameters)
+        bad = self._check_parameters([self.get_parameter(n) for n in PARAMETERS])
+        if not bad.successful:
+            raise ValueError(f"invalid parameter: {bad.reason}")
+
+        self._pipeline: Any = None
+        self._lock = threading.Lock()  # guards _latest, _command_seq
+        self._latest: Optional[_Latest] = None
+        self._image_seq = 0
+        self._command_seq = 0
+        # (image receive seq, rgb, encoded frame) of the last frame the model saw; one entry
+        # only, so memory does not grow with the stream.
+        self._cache: Optional[tuple[int, Any, Any]] = None
+        self._queue: "queue.Queue[Any]" = queue.Queue()
+        self._worker: Optional[threading.Thread] = None
+        self._publish_lock = threading.Lock()
+        self._output_pubs: list[Any] = []
+        self._input_subs: list[Any] = []
+        self._ground_srv = None
+        self._pub_grounding = self._pub_detections = self._pub_annotated = None
+        self._warn_timer = None
+        self._activated_at = time.monotonic()
+        self._image_qos_name = str(self._param("image_reliability"))
+        self._image_group = MutuallyExclusiveCallbackGroup()
+        self._command_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = ReentrantCallbackGroup()
+
+    # ------------------------------------------------------------------ parameters
+
+    def _check_parameters(self, params: list[Any]) -> SetParametersResult:
+        for p in params:
+            if p.name == "image_reliability" and p.value not in _RELIABILITY:
+                return SetParametersResult(
+                    successful=False, reason=f"image_reliability must be one of {sorted(_RELIABILITY)}, got {p.value!r}"
+                )
+            if p.name == "dtype" and p.value not in _DTYPES:
+                return SetParametersResult(successful=False, reason=f"dtype must be one of {_DTYPES}, got {p.value!r}")
+            if p.name == "device" and not str(p.value).strip():
+                return SetParametersResult(successful=False, reason="device must not be empty")
+        return SetParametersResult(successful=True)
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model with the model parameters; FAILURE (logged) if it cannot be loaded."""
+        factory = self._pipeline_factory
+        if factory is None:
+            from groma_core.pipeline import GromaPipeline
+
+            factory = GromaPipeline.from_pretrained
+        path = self._param("model_path") or None
+        nms, score, regions = (self._param(n) for n in ("nms_threshold", "box_score_threshold", "max_regions"))
+        started = time.monotonic()
+        try:
+            self._pipeline = factory(
+                path,
+                device=self._param("device"),
+                dtype=self._param("dtype"),
+                nms_thres=nms if nms >= 0 else None,
+                box_score_thres=score if score >= 0 else None,
+                max_region_num=regions if regions >= 0 else None,
+            )
+        except Exception as exc:  # noqa: BLE001 - any load failure must leave the node alive
+            self.get_logger().error(
+                f"cannot load the model from {path or 'the embedded groma-tiny'}: {type(exc).__name__}: {exc}"
+            )
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(
+            f"model {path or 'groma-tiny (embedded)'} loaded on {self._param('device')} "
+            f"({self._param('dtype')}) in {time.monotonic() - started:.1f} s"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Create publishers, subscriptions, the service, the no-image warning and the worker."""
+        results = QoSProfile(depth=_COMMAND_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+        self._pub_grounding = self.create_publisher(GroundingResult, "grounding", results)
+        self._pub_detections = self.create_publisher(Detection2DArray, "detections", results)
+        self._pub_annotated = self.create_publisher(Image, "annotated_image", QoSProfile(depth=1))
+        self._output_pubs = [self._pub_grounding, self._pub_detections, self._pub_annotated]
+
+        reliability = self._param("image_reliability")
+        image_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=1,
+            reliability=_RELIABILITY[reliability],
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        self._image_qos_name = reliability
+        topics: list[tuple[type, str]] = [(Image, "image")]
+        if self._param("subscribe_compressed"):
+            topics.append((CompressedImage, "image/compressed"))
+        self._input_subs = [
+            self.create_subscription(kind, topic, self._on_image, image_qos, callback_group=self._image_group)
+            for kind, topic in topics
+        ]
+        self._input_subs.append(
+            self.create_subscription(
+                String,
+                "command",
+                self._on_command,
+                QoSProfile(depth=_COMMAND_DEPTH, reliability=ReliabilityPolicy.RELIABLE),
+                callback_group=self._command_group,
+            )
+        )
+        self._ground_srv = self.create_service(Ground, "~/ground", self._on_ground, callback_group=self._service_group)
+        self._activated_at = time.monotonic()
+        delay = float(self._param("no_image_warning_delay"))
+        if delay > 0:
+            self._warn_timer = self.create_timer(delay, self._warn_no_image)
+        self._worker = threading.Thread(target=self._work, name="groma_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"active: image on '{self.resolve_topic_name('image')}' ({reliability}), "
+            f"commands on '{self.resolve_topic_name('command')}'"
+        )
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop taking input, answer queued commands with ERROR, stop the worker, destroy entities."""
+        # Input first, so nothing is queued after the drain; publishers last, so the drained
+        # commands' results still go out.
+        for sub in self._input_subs:
+            self.destroy_subscription(sub)
+        if self._ground_srv is not None:
+            self.destroy_service(self._ground_srv)
+        if self._warn_timer is not None:
+            self.destroy_timer(self._warn_timer)
+            self._warn_timer = None
+        self._stop_worker("the node was deactivated before the command ran")
+        for pub in self._output_pubs:
+            self.destroy_publisher(pub)
+        self._input_subs, self._ground_srv, self._output_pubs = [], None, []
+        self._pub_grounding = self._pub_detections = self._pub_annotated = None
+        with self._lock:
+            self._latest = None
+        self._cache = None
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the model (and the accelerator memory it held)."""
+        self._release_model()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop everything from any state."""
+        if self._worker is not None:
+            self.on_deactivate(state)
+        self._release_model()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release_model(self) -> None:
+        self._pipeline = None
+        self._cache = None
+        torch = sys.modules.get("torch")  # only if the model brought it in
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _stop_worker(self, reason: str) -> None:
+        if self._worker is None:
+            return
+        # Drain first so that queued commands are answered now instead of run after the stop.
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP:
+                self._finish(job, self._new_result(job), GroundingResult.STATUS_ERROR, reason)
+        self._queue.put(_STOP)
+        self._worker.join()
+        self._worker = None
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _on_image(self, msg: ImageMsg) -> None:
+        # Only store: conversion and the model run in the worker, so the executor thread that
+        # serves the image topic is free again in microseconds whatever the frame rate.
+        now = self.get_clock().now().nanoseconds
+        with self._lock:
+            self._image_seq += 1
+            self._latest = _Latest(msg, self._image_seq, now)
+
+    def _warn_no_image(self) -> None:
+        if self._warn_timer is not None:
+            self.destroy_timer(self._warn_timer)
+            self._warn_timer = None
+        with self._lock:
+            if self._latest is not None:
+                return
+        self.get_logger().warning(self._no_image_reason(time.monotonic() - self._activated_at))
+
+    def _no_image_reason(self, waited: float) -> str:
+        topic = self.resolve_topic_name("image")
+        publishers = self.get_publishers_info_by_topic(topic)
+        text = f"no image received on '{topic}' in {waited:.1f} s since activation. "
+        if not publishers:
+            return text + "Nothing publishes there: check the camera and topic remaps (e.g. image:=/camera/image_raw)."
+        theirs = sorted({p.qos_profile.reliability.name.lower() for p in publishers})
+        text += f"{len(publishers)} publisher(s) with reliability {', '.join(theirs)}; this node subscribes with {self._image_qos_name}. "
+        if self._image_qos_name == "reliable" and "best_effort" in theirs:
+            return text + "A reliable subscription does not match best-effort publishers: set image_reliability:=best_effort."
+        return text + (
+            "Check the QoS (reliability/durability) and, for large images, that "
+            "FASTDDS_DEFAULT_PROFILES_FILE points to the large-message profile."
+        )
+
+    def _next_command_id(self) -> int:
+        with self._lock:
+            self._command_seq += 1
+            return self._command_seq
+
+    def _on_command(self, msg: String) -> None:
+        job = _Job(self._next_command_id(), msg.data, time.monotonic())
+        if self._queue.qsize() >= int(self._param("max_queue")):
+            self._finish(
+                job, self._new_result(job), GroundingResult.STATUS_ERROR,
+                f"command queue is full ({self._queue.qsize()} waiting); command dropped",
+            )
+            return
+        self._queue.put(job)
+
+    def _on_ground(self, request: Ground.Request, response: Ground.Response) -> Ground.Response:
+        # Served by the same worker as topic commands so the model runs one command at a time
+        # and in arrival order; this executor thread waits (reentrant group, others go on).
+        has_image = request.image.width > 0 and request.image.height > 0
+        job = _Job(
+            self._next_command_id(),
+            request.command,
+            time.monotonic(),
+            image=request.image if has_image else None,
+            regions=list(request.regions),
+            done=threading.Event(),
+        )
+        self._queue.put(job)
+        job.done.wait()
+        response.result = job.result
+        return response
+
+    # ------------------------------------------------------------------ worker
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            result = self._new_result(job)
+            try:
+                status, message = self._run(job, result)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+                self.get_logger().error(f"command {job.command_id} failed: {exc!r}")
+                status, message = GroundingResult.STATUS_ERROR, f"internal error: {type(exc).__name__}: {exc}"
+            self._finish(job, result, status, message)
+
+    def _new_result(self, job: _Job) -> GroundingResult:
+        return GroundingResult(command_id=job.command_id, command=job.command if isinstance(job.command, str) else "")
+
+    def _run(self, job: _Job, result: GroundingResult) -> tuple[int, str]:
+        """Ground one job into ``result``; return (status, status_message)."""
+        pipe = self._pipeline
+        if pipe is None:
+            return GroundingResult.STATUS_ERROR, "no model loaded"
+        why = validate_command(job.command, getattr(pipe, "max_input_chars", None))
+        if why is not None:
+            return GroundingResult.STATUS_BAD_INPUT, why
+
+        now_ns = self.get_clock().now().nanoseconds
+        if job.image is not None:
+            msg, seq, received_ns = job.image, None, now_ns
+        else:
+            with self._lock:
+                latest = self._latest
+            if latest is None:
+                return GroundingResult.STATUS_NO_IMAGE, self._no_image_reason(time.monotonic() - self._activated_at)
+            msg, seq, received_ns = latest.msg, latest.seq, latest.received_ns
+        result.header = msg.header
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        # An unstamped image (stamp 0) would always look decades old; its arrival time is the
+        # best estimate of when it was taken.
+        age = (now_ns - (stamp_ns or received_ns)) / 1e9
+        result.frame_age = duration_msg(age)
+        max_age = float(self._param("max_frame_age"))
+        if job.image is None and max_age > 0 and age > max_age:
+            return GroundingResult.STATUS_STALE_IMAGE, (
+                f"the latest image is {age:.2f} s old (max_frame_age {max_age:g} s); is the camera still publishing?"
+            )
+
+        try:
+            rgb, frame = self._encode(msg, seq, pipe)
+        except (ImageConversionError, GromaInputError) as exc:
+            return GroundingResult.STATUS_BAD_INPUT, f"bad image: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a model failure is a result, not a crash
+            return self._model_failure("encoding the image", exc)
+
+        boxes = []
+        for i, region in enumerate(job.regions):
+            x1, y1, x2, y2 = bbox2d_to_xyxy(region)
+            if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+                return GroundingResult.STATUS_BAD_INPUT, f"region {i} is not a box with positive size"
+            if x2 <= 0 or y2 <= 0 or x1 >= rgb.shape[1] or y1 >= rgb.shape[0]:
+                return GroundingResult.STATUS_BAD_INPUT, (
+                    f"region {i} ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}) lies outside the "
+                    f"{rgb.shape[1]}x{rgb.shape[0]} image"
+                )
+            boxes.append((x1, y1, x2, y2))
+
+        max_new = int(self._param("max_new_tokens")) or None
+        try:
+            if boxes:
+                grounding = pipe.ask(frame, job.command, boxes, max_new_tokens=max_new)
+            else:
+                grounding = pipe.ground(frame, job.command, max_new_tokens=max_new)
+        except GromaInputError as exc:
+            return GroundingResult.STATUS_BAD_INPUT, f"the model rejected the command: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a model failure is a result, not a crash
+            return self._model_failure("grounding the command", exc)
+        fill_result(result, grounding, msg.header)
+        self._publish_outputs(result, rgb)
+        return result.status, result.status_message
+
+    def _model_failure(self, stage: str, exc: BaseException) -> tuple[int, str]:
+        self.get_logger().error(f"model failed while {stage}:\n{''.join(traceback.format_exception(exc))}")
+        return GroundingResult.STATUS_ERROR, f"model failed while {stage}: {type(exc).__name__}: {exc}"
+
+    def _encode(self, msg: ImageMsg, seq: Optional[int], pipe: Any) -> tuple[Any, Any]:
+        """RGB array and encoded frame of ``msg``, reusing the cached encoding of the same frame.
+
+        The cache key is the receive sequence number, not the header: cameras that leave the
+        stamp at zero or repeat it would otherwise make a new frame reuse an old encoding.
+        """
+        cache = self._cache
+        if seq is not None and cache is not None and cache[0] == seq:
+            return cache[1], cache[2]
+        rgb = msg_to_rgb(msg)
+        frame = pipe.encode(rgb)
+        if seq is not None:
+            self._cache = (seq, rgb, frame)
+        return rgb, frame
+
+    def _publish_outputs(self, result: GroundingResult, rgb: Any) -> None:
+        """Detections and the annotated image of a grounded result (``grounding`` comes later)."""
+        with self._publish_lock:
+            if self._pub_detections is not None and self._param("publish_detections"):
+                self._pub_detections.publish(result.detections)
+        pub = self._pub_annotated
+        # Drawing costs tens of ms per frame: only when enabled and someone is looking.
+        if pub is None or not self._param("publish_annotated_image") or pub.get_subscription_count() == 0:
+            return
+        colours = {p.text: i for i, p in enumerate(result.phrases)}
+        boxes = []
+        for det in result.detections.detections:
+            hyp = det.results[0].hypothesis
+            boxes.append((bbox2d_to_xyxy(det.bbox), f"{hyp.class_id} {hyp.score:.2f}", colours.get(hyp.class_id, 0)))
+        try:
+            image = rgb_to_image_msg(annotate(rgb, boxes, result.answer), result.header)
+            with self._publish_lock:
+                pub.publish(image)
+        except Exception as exc:  # noqa: BLE001 - a drawing problem must not fail the command
+            self.get_logger().warning(f"annotated image of command {result.command_id} not published: {exc!r}")
+
+    def _finish(self, job: _Job, result: GroundingResult, status: int, message: str) -> None:
+        result.status = status
+        result.status_message = message
+        result.latency = duration_msg(time.monotonic() - job.received)
+        if status not in (GroundingResult.STATUS_OK, GroundingResult.STATUS_NOT_FOUND):
+            self.get_logger().warning(f"command {job.command_id}: {message}")
+        try:
+            with self._publish_lock:
+                if self._pub_grounding is not None:
+                    self._pub_grounding.publish(result)
+        except Exception as exc:  # noqa: BLE001 - e.g. the context is already shut down at exit
+            self.get_logger().warning(f"could not publish the result of command {job.command_id}: {exc}")
+        if job.done is not None:
+            job.result = result
+            job.done.set()
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """Console script ``groma_node``: run the node with standard ``--ros-args``.
+
+    With ``autostart`` (the default) the node configures and activates itself; otherwise it
+    waits, unconfigured, for a lifecycle manager.  Returns the process exit code.
+    """
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    executor = MultiThreadedExecutor(num_threads=4)
+    try:
+        node = GromaNode()
+        executor.add_node(node)
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node._stop_worker("the node is shutting down")
+            executor.remove_node(node)
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
