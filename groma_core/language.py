@@ -30,6 +30,7 @@ pixel boxes (u); *in front of / behind / closest / farthest* compare the optical
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -212,6 +213,11 @@ POLITE_POST: list[str] = [
     "please", "for me", "now", "thanks", "thank you", "right away", "quickly",
     "~when you get a chance", "~if you can", "~cheers", "~asap",
 ]
+PREAMBLES: list[str] = [
+    "I'm thirsty.", "let's tidy up the table.", "time to clean up.", "next step:", "new task:",
+    "~my hands are full.", "~we are setting the table.", "~one more thing:",
+]
+HESITATIONS: list[str] = ["um", "uh", "just", "like", "~erm", "~hmm"]
 REC_EXTRA: list[str] = [
     "Find {} in the image.", "Where is {}?", "Show me {}.", "Point to {}.", "Locate {}.",
     "Which object is {}?", "Give the region of {}.",
@@ -674,6 +680,14 @@ def _command_text(frame: str, core: str, rng: random.Random, split: str) -> str:
         core = f"{core} {_pick(rng, POLITE_POST, split)}"
     elif imperative and r < 0.62:
         core = f"{_pick(rng, POLITE_PRE, split)} {core} {_pick(rng, POLITE_POST, split)}"
+    if rng.random() < 0.06:  # a hesitation somewhere inside
+        words = core.split(" ")
+        i = rng.randrange(1, len(words)) if len(words) > 1 else 0
+        core = " ".join(words[:i] + [_pick(rng, HESITATIONS, split)] + words[i:])
+    if rng.random() < 0.06:
+        core = re.sub(r"\bthe ", "", core, count=1)  # telegraphic: 'grab blue mug'
+    if rng.random() < 0.08:
+        core = f"{_pick(rng, PREAMBLES, split)} {core}"
     return _noisy(core, rng)
 
 

@@ -136,10 +136,13 @@ class SceneObject:
     """One object of a scene and its ground truth.
 
     ``box_xyxy`` is the visible pixel box (pixel-edge coordinates, see the module docstring);
-    ``center_3d`` the centre of the object's 3D bounding box and ``visible_surface_center_3d`` the
-    mean 3D point of its visible pixels, both in the camera optical frame (x right, y down,
-    z forward, metres). ``dimensions_3d`` = (width, depth, height) in metres along the object's own
-    axes (height is vertical). ``yaw`` is the rotation about the table normal in radians.
+    ``center_3d`` the centre of the object's body (on its vertical axis, at half its height; a
+    mug's handle is not counted) and ``visible_surface_center_3d`` the mean 3D point of its
+    visible pixels (back-projected ``depth_m`` over its ``instance_mask`` pixels), both in the
+    camera optical frame (x right, y down, z forward, metres). ``dimensions_3d`` = (width, depth,
+    height) of the body in metres along the object's own axes (height is vertical; for round
+    kinds width = depth = diameter). ``yaw`` is the rotation about the table normal in radians;
+    ``base_world`` the (X, Y) of the base centre in the table frame, metres.
     ``size_word`` describes the size relative to the object's kind: 'small', 'medium' or 'large';
     ``scale`` is the factor on the kind's nominal size. ``occluded_fraction`` is the share of the
     object's unoccluded silhouette hidden by nearer objects (0 = fully visible).
