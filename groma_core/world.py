@@ -690,26 +690,43 @@ def _render_object(obj: _Obj, cam: _Camera, rays, light: np.ndarray) -> _Layer |
     dy = -sn * wx + cs * wy
     dz = np.broadcast_to(wz, dx.shape)
     with np.errstate(all="ignore"):  # misses carry inf/nan normals; only hits are used
-        t, nx, ny, nz, mat = _object_hits(obj, o, dx, dy, dz)
-        pz = o[2] + t * dz  # height above the table of each hit
-        return _shade(obj, t, nx, ny, nz, mat, pz, (wx, wy, wz), light, (y0, y1, x0, x1))
+        # cull: only rays that cross the object's bounding cylinder are traced (as 1-D arrays)
+        r_b, h_b = obj.radius * 1.02 + 0.002, obj.dims[2] * 1.02 + 0.002
+        qa = dx * dx + dy * dy
+        qb = o[0] * dx + o[1] * dy
+        qc = o[0] * o[0] + o[1] * o[1] - r_b * r_b
+        disc = qb * qb - qa * qc
+        sq = np.sqrt(np.maximum(disc, 0.0))
+        t_in, t_out = (-qb - sq) / qa, (-qb + sq) / qa
+        t_top, t_bot = (h_b - o[2]) / dz, -o[2] / dz  # rays go down: dz < 0
+        cand = (disc > 0) & (np.maximum(t_in, t_top) <= np.minimum(t_out, t_bot))
+        if not cand.any():
+            return None
+        d1 = dx[cand], dy[cand], dz[cand]
+        t, nx, ny, nz, mat = _object_hits(obj, o, *d1)
+        pz = o[2] + t * d1[2]  # height above the table of each hit
+        w1 = tuple(np.broadcast_to(a, cand.shape)[cand] for a in (wx, wy, wz))
+        return _shade(obj, t, nx, ny, nz, mat, pz, w1, light, (y0, y1, x0, x1), cand)
 
 
-def _shade(obj: _Obj, t, nx, ny, nz, mat, pz, wdir, light: np.ndarray, window) -> _Layer | None:
-    """Lambert + Blinn-Phong shading of one object's hits (normals in its local frame); the
-    inside of a container darkens with depth below its rim (a cheap ambient occlusion)."""
-    wx, wy, wz = wdir
+def _shade(obj: _Obj, t, nx, ny, nz, mat, pz, wdir, light: np.ndarray, window, cand: np.ndarray) -> _Layer | None:
+    """Lambert + Blinn-Phong shading of one object's traced rays (1-D arrays for the pixels
+    ``cand`` of the window; normals in the object's local frame); the inside of a container
+    darkens with depth below its rim (a cheap ambient occlusion)."""
     y0, y1, x0, x1 = window
     cs, sn = math.cos(obj.yaw), math.sin(obj.yaw)
     hit = np.isfinite(t)
     if not hit.any():
         return None
+    t, nx, ny, nz, mat, pz = (a[hit] for a in (t, nx, ny, nz, mat, pz))
+    wx, wy, wz = (a[hit] for a in wdir)
+    full_hit = np.zeros(cand.shape, bool)
+    full_hit[cand] = hit
     # back to world normals; inner surfaces face the viewer
     wnx = cs * nx - sn * ny
     wny = sn * nx + cs * ny
     wnz = nz
-    facing = wnx * wx + wny * wy + wnz * wz
-    flip = np.where(facing > 0, -1.0, 1.0)
+    flip = np.where(wnx * wx + wny * wy + wnz * wz > 0, -1.0, 1.0)
     wnx, wny, wnz = wnx * flip, wny * flip, wnz * flip
     lam = np.clip(wnx * light[0] + wny * light[1] + wnz * light[2], 0.0, 1.0)
     # Blinn-Phong highlight with the view direction
@@ -717,14 +734,14 @@ def _shade(obj: _Obj, t, nx, ny, nz, mat, pz, wdir, light: np.ndarray, window) -
     hx, hy, hz = light[0] - wx * inv, light[1] - wy * inv, light[2] - wz * inv
     hn = 1.0 / np.sqrt(hx * hx + hy * hy + hz * hz)
     spec = np.clip((wnx * hx + wny * hy + wnz * hz) * hn, 0.0, 1.0) ** 24
-    table = _materials(obj)
-    mtab = table[mat]
+    mtab = _materials(obj)[mat]
     shade = 0.72 + 0.36 * lam
     shade = np.where(mat == M_INSIDE, shade * (0.6 + 0.4 * np.clip(pz / obj.dims[2], 0.0, 1.0)), shade)
-    rgb = mtab[..., :3] * shade[..., None] + (mtab[..., 3] * spec)[..., None] * 0.8
-    depth = np.where(hit, t, _INF).astype(np.float32)
-    rgb = np.where(hit[..., None], rgb, 0.0)
-    return _Layer(y0, y1, x0, x1, depth, rgb.astype(np.float32))
+    depth = np.full(cand.shape, _INF, np.float32)
+    depth[full_hit] = t
+    rgb = np.zeros(cand.shape + (3,), np.float32)
+    rgb[full_hit] = mtab[:, :3] * shade[:, None] + (mtab[:, 3] * spec * 0.8)[:, None]
+    return _Layer(y0, y1, x0, x1, depth, rgb)
 
 
 def _background(rng: random.Random, cam: _Camera, rays, objs: list[_Obj], light: np.ndarray):
