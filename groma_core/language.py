@@ -793,15 +793,17 @@ def _two_targets(scene: Scene, rng: random.Random) -> tuple[int, int, str] | Non
 def sample_language(scene: Scene, rng: random.Random, task: str | None = None, split: str = "train") -> LanguageSample:
     """One sample of ``task`` (random by ``TASK_WEIGHTS`` if None) for ``scene``, worded from the
     ``split`` pool ('train' or 'eval'). Falls back to another task when the scene cannot support
-    the requested one (which does not happen for the tasks of a scene with >= 2 objects)."""
+    the requested one: 'rec', else 'negative_rec' (e.g. 'command2' in a one-object scene; the
+    returned ``task`` field tells which was made)."""
     if task is None:
         task = rng.choices(TASKS, weights=[TASK_WEIGHTS[t] for t in TASKS])[0]
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    for _ in range(8):
-        s = _make(scene, rng, task, split)
-        if s is not None:
-            return s
+    for fallback in (task, "rec", "negative_rec"):
+        for _ in range(8):
+            s = _make(scene, rng, fallback, split)
+            if s is not None:
+                return s
     raise RuntimeError(f"could not make a {task!r} sample for scene {scene.seed}")
 
 

@@ -221,3 +221,11 @@ def test_wording_varies(scenes):
     assert len(set(queries)) > 0.9 * len(queries)
     verbs = {q.removeprefix(GROUNDING_PREFIX).split(" ")[0].lower().strip(",") for q in queries}
     assert len(verbs) > 15
+
+
+def test_one_object_scene_falls_back():
+    sc = render_scene(3, min_objects=1, max_objects=1)
+    assert len(sc.objects) == 1
+    rng = random.Random(0)
+    got = {sample_language(sc, rng, task).task for task in TASKS for _ in range(3)}
+    assert "command2" not in got and {"rec", "caption", "describe", "negative_rec"} <= got
