@@ -441,7 +441,7 @@ def _materials(obj: _Obj) -> np.ndarray:
     base = np.array(COLORS[obj.color], np.float32) / 255.0
     lum = float(base @ np.array([0.3, 0.59, 0.11], np.float32))
     dark = base * 0.45
-    inside = base * 0.82
+    inside = base * 0.9
     light = np.clip(base * 1.15 + 0.05, 0, 1)
     if obj.kind == "bottle":
         dark = np.array([0.9, 0.9, 0.9], np.float32) if lum < 0.45 else np.array([0.15, 0.15, 0.17], np.float32)
@@ -736,7 +736,7 @@ def _shade(obj: _Obj, t, nx, ny, nz, mat, pz, wdir, light: np.ndarray, window, c
     spec = np.clip((wnx * hx + wny * hy + wnz * hz) * hn, 0.0, 1.0) ** 24
     mtab = _materials(obj)[mat]
     shade = 0.72 + 0.36 * lam
-    shade = np.where(mat == M_INSIDE, shade * (0.6 + 0.4 * np.clip(pz / obj.dims[2], 0.0, 1.0)), shade)
+    shade = np.where(mat == M_INSIDE, shade * (0.68 + 0.32 * np.clip(pz / obj.dims[2], 0.0, 1.0)), shade)
     depth = np.full(cand.shape, _INF, np.float32)
     depth[full_hit] = t
     rgb = np.zeros(cand.shape + (3,), np.float32)
