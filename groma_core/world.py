@@ -745,7 +745,7 @@ def _shade(obj: _Obj, t, nx, ny, nz, mat, pz, wdir, light: np.ndarray, window, c
 
 
 def _background(rng: random.Random, cam: _Camera, rays, objs: list[_Obj], light: np.ndarray):
-    """Table, floor and wall: depth (H, W) float32 and shaded albedo (H, W, 3) float32 0..1."""
+    """Table, floor and wall: depth (H, W) float32, shaded albedo (H, W, 3) float32 0..1, table style."""
     K = cam.K
     dwx, dwy, dwz = rays
     H, W = K.height, K.width
@@ -810,7 +810,7 @@ def _background(rng: random.Random, cam: _Camera, rays, objs: list[_Obj], light:
     tex *= on_table[::2, ::2, None]
     tex += back
     rgb = tex.repeat(2, 0).repeat(2, 1)[:H, :W]
-    return depth, rgb, on_table, style
+    return depth, rgb, style
 
 
 def _compose(bg_depth, bg_rgb, layers: list[_Layer | None], skip: set[int] = frozenset()):
@@ -870,7 +870,7 @@ def render_scene(seed: int, width: int = 640, height: int = 480, min_objects: in
         light = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)], np.float32)
         rays = cam.rays()
         layers = [_render_object(o, cam, rays, light) for o in objs]
-        bg_depth, bg_rgb, _on_table, style = _background(rng, cam, rays, objs, light)
+        bg_depth, bg_rgb, style = _background(rng, cam, rays, objs, light)
         skip: set[int] = {i for i, L in enumerate(layers) if L is None}
         while True:
             depth, rgb, mask, full, vis = _compose(bg_depth, bg_rgb, layers, skip)
