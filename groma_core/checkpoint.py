@@ -154,17 +154,28 @@ def _restore_buffers(model: GromaModel, device: str | torch.device) -> None:
                     raise CheckpointError(f"buffer {name} of {type(module).__name__} was not restored")
 
 
-def model_state_for_saving(model: GromaModel) -> dict[str, Tensor]:
-    """Canonical keys only, contiguous, on the CPU (safetensors refuses shared or strided storage)."""
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not is_alias_key(k)}
+def model_state_for_saving(model: GromaModel, storage_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """Canonical keys only, contiguous, on the CPU (safetensors refuses shared or strided storage);
+    floating tensors optionally stored in ``storage_dtype`` (loading casts them back)."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if is_alias_key(key):
+            continue
+        value = value.detach().cpu()
+        if storage_dtype is not None and value.is_floating_point():
+            value = value.to(storage_dtype)
+        state[key] = value.contiguous()
+    return state
 
 
-def save_checkpoint(model: GromaModel, directory: str | Path, tokenizer=None) -> None:
+def save_checkpoint(model: GromaModel, directory: str | Path, tokenizer=None,
+                    storage_dtype: torch.dtype | None = None) -> None:
     """Write config.json, model.safetensors and (if given) the tokenizer files."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save(directory)
-    save_file(model_state_for_saving(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(model_state_for_saving(model, storage_dtype), str(directory / "model.safetensors"),
+              metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 

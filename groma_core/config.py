@@ -24,9 +24,7 @@ from typing import Any
 from transformers import DeformableDetrConfig, Dinov2Config, LlamaConfig
 
 from .errors import CheckpointError
-
-#: Official number of Groma's added tokens (`[PAD]`, `<sep>`, ..., `[grounding]`, `<r0>`..`<r99>`).
-NUM_NEW_TOKENS = 114
+from .tokenizer import NUM_NEW_TOKENS
 
 
 @dataclass
@@ -143,45 +141,3 @@ def _strip_meta(cfg: dict[str, Any]) -> dict[str, Any]:
     """Drop bookkeeping fields that are not model hyper-parameters."""
     drop = {"architectures", "transformers_version", "_name_or_path", "model_type"}
     return {k: v for k, v in cfg.items() if k not in drop}
-
-
-def official_7b_config() -> GromaConfig:
-    """The ``groma-7b-finetune`` configuration (Vicuna-7B + DINOv2-L/14 + 6/6-layer proposer)."""
-    return GromaConfig.from_dict(
-        {
-            "num_new_token": NUM_NEW_TOKENS,
-            "nms_thres": 0.6,
-            "box_score_thres": 0.15,
-            "max_region_num": 100,
-            "llm_cfg": {
-                "hidden_size": 4096,
-                "intermediate_size": 11008,
-                "num_attention_heads": 32,
-                "num_hidden_layers": 32,
-                "num_key_value_heads": 32,
-                "max_position_embeddings": 4096,
-                "rms_norm_eps": 1e-5,
-                "pad_token_id": 0,
-                "vocab_size": 32000,
-            },
-            "perceiver_cfg": {
-                "vis_output_layer": -2,
-                "vis_encoder_cfg": {
-                    "hidden_size": 1024,
-                    "image_size": 518,
-                    "num_hidden_layers": 24,
-                    "num_attention_heads": 16,
-                    "patch_size": 14,
-                },
-                "ddetr_cfg": {
-                    "auxiliary_loss": True,
-                    "class_cost": 2,
-                    "cls_loss_coefficient": 2,
-                    "num_feature_levels": 1,
-                    "two_stage": True,
-                    "with_box_refine": True,
-                    "num_labels": 1,
-                },
-            },
-        }
-    )

@@ -24,10 +24,8 @@ from transformers import LlamaForCausalLM
 from .config import GromaConfig
 from .proposer import Perceiver
 from .region_encoder import RegionEncoder
+from .tokenizer import IGNORE_INDEX, NUM_REGION_INDEX_TOKENS
 from .vision import merge_2x2
-
-IGNORE_INDEX = -100
-NUM_REGION_INDEX_TOKENS = 100
 
 
 @dataclass(frozen=True)

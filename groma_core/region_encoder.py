@@ -127,14 +127,22 @@ class MultiLevelRoIExtractor(nn.Module):
             for f in feats
         ]
 
-    def forward(self, feats: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        pooled = self.pool(feats, boxes)
+    def convolve(self, pooled: list[Tensor]) -> Tensor:
+        """Per-level 3x3 conv of the RoIAlign outputs, summed, ReLU, flattened channel-major: (K, C*roi*roi)."""
         dtype = self.flatten_linear.weight.dtype
         x = sum(conv(p.to(dtype)) for conv, p in zip(self.pconvs, pooled))
-        flat = self.flatten_linear(F.relu(x).flatten(1))
-        pos = self.pos_embedd(torch.cat(boxes, 0).to(dtype))
-        features = self.updims(flat + pos)
-        return features, {"pooled": pooled, "flatten_linear_out": flat, "pos_embedd_out": pos}
+        return F.relu(x).flatten(1)
+
+    def project(self, flat: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(K, C*roi*roi) and (K, 4) cxcywh boxes -> region features, flatten_linear output, box embedding."""
+        flat_out = self.flatten_linear(flat)
+        pos = self.pos_embedd(boxes.to(flat_out.dtype))
+        return self.updims(flat_out + pos), flat_out, pos
+
+    def forward(self, feats: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        pooled = self.pool(feats, boxes)
+        features, flat_out, pos = self.project(self.convolve(pooled), torch.cat(boxes, 0))
+        return features, {"pooled": pooled, "flatten_linear_out": flat_out, "pos_embedd_out": pos}
 
 
 class RegionEncoder(nn.Module):

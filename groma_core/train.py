@@ -1,0 +1,372 @@
+"""``groma train --preset tiny``: train the embedded groma-tiny on the synthetic tabletop world.
+
+The stages follow the original, adapted to a model trained from scratch on a 2-core CPU:
+
+0. tokenizer: a SentencePiece BPE model trained on the world's language, plus Groma's 114 tokens.
+1. proposer (the original's detection pre-training): DINOv2 + proposer with the Deformable-DETR losses
+   (Hungarian matching, focal + L1 + GIoU, auxiliary and two-stage losses). With no pretrained DINOv2 here,
+   the vision encoder trains too, and the region encoder's convolutions train with auxiliary kind / colour
+   / size heads on ground-truth boxes (training-only heads, not saved) so that region features carry the
+   attributes language will ask about. The vision side is frozen afterwards, as in the original.
+2. alignment: region encoder projection + image bridge + new token embeddings + LLM on REC and captions.
+3. instructions: the same on every task (commands, two-target commands, negatives, descriptions),
+   several rounds per conversation as in the original's multi-round data.
+
+Region order is randomly permuted per sample (as the original does in training) so that no region index
+carries meaning. Checkpoints are written after every stage and every ``save_every`` steps; ``--resume``
+continues from the last one. Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from . import language, prompts
+from .checkpoint import save_checkpoint
+from .model import GromaModel, TokenIds
+from .presets import tiny_config
+from .selection import select_regions
+from .tokenizer import IGNORE_INDEX, GromaTokenizer, train_tokenizer
+from .vision import preprocess
+from .world import COLOR_NAMES, KINDS, render_scene
+
+#: Scenes with seeds >= this are never used for training; evaluation draws from there.
+EVAL_SEED_START = 10_000_000
+
+
+@dataclass
+class TrainSettings:
+    tokenizer_vocab: int = 1024
+    tokenizer_scenes: int = 1500
+    stage1_steps: int = 1200
+    stage1_batch: int = 8
+    stage1_lr: float = 4e-4
+    cache_scenes: int = 2000
+    stage2_steps: int = 300
+    stage3_steps: int = 1900
+    lm_batch: int = 8
+    lm_lr: float = 1e-3
+    max_rounds: int = 3
+    save_every: int = 200
+    threads: int = 2
+
+
+PRESETS = {"tiny": TrainSettings(), "smoke": TrainSettings(
+    tokenizer_vocab=400, tokenizer_scenes=60, stage1_steps=3, stage1_batch=2, cache_scenes=6,
+    stage2_steps=3, stage3_steps=3, lm_batch=2, save_every=2)}
+
+STAGE2_TASKS = ("rec", "caption")
+STAGE3_TASKS = ("rec", "command", "command2", "caption", "describe", "negative_rec", "negative_command")
+SIZE_WORDS = ("small", "medium", "large")
+
+
+def _lr(step: int, total: int, peak: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+# ----------------------------------------------------------------------------------------- tokenizer
+def build_tokenizer(out: Path, settings: TrainSettings, seed: int) -> GromaTokenizer:
+    rng = random.Random(seed)
+    sentences = [prompts.SYSTEM_PROMPT, prompts.FIRST_ROUND_USER, prompts.FIRST_ROUND_ASSISTANT]
+    sentences += [t.replace("{}", "") for t in prompts.REC_TEMPLATES + prompts.BRIEF_REGION_CAPTION_TEMPLATES]
+    for i in range(settings.tokenizer_scenes):
+        scene = render_scene(seed * 1_000_003 + 7_000_000 + i)
+        for task in STAGE3_TASKS:
+            sample = language.sample_language(scene, rng, task=task)
+            if sample is None:
+                continue
+            sentences.append(prompts.strip_markup(sample.query))
+            sentences.append("".join(span.text for span in sample.answer))
+    return train_tokenizer(sentences, out, vocab_size=settings.tokenizer_vocab)
+
+
+# ------------------------------------------------------------------------------------------- scenes
+def _gt_boxes(scene) -> Tensor:
+    """(n, 4) normalised cxcywh of the scene's objects."""
+    w, h = scene.intrinsics.width, scene.intrinsics.height
+    b = torch.tensor([o.box_xyxy for o in scene.objects], dtype=torch.float32)
+    return torch.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h,
+                        (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], 1).clamp(0, 1)
+
+
+def _pixels(scenes, image_size: int) -> Tensor:
+    return torch.cat([preprocess(s.image, image_size) for s in scenes])
+
+
+# --------------------------------------------------------------------------------------------- stage 1
+class AttributeHeads(nn.Module):
+    """Training-only classifiers on region features (kind, colour, size); not part of the saved model."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.kind = nn.Linear(dim, len(KINDS))
+        self.color = nn.Linear(dim, len(COLOR_NAMES))
+        self.size = nn.Linear(dim, len(SIZE_WORDS))
+
+
+def _detr_criterion():
+    from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher, DeformableDetrImageLoss
+
+    matcher = DeformableDetrHungarianMatcher(class_cost=2, bbox_cost=5, giou_cost=2)
+    return DeformableDetrImageLoss(matcher=matcher, num_classes=1, focal_alpha=0.25, losses=["labels", "boxes"])
+
+
+def _detr_loss(criterion, logits: Tensor, boxes: Tensor, targets) -> Tensor:
+    """logits (L, B, Q, 1), boxes (L, B, Q, 4): last layer + auxiliary layers."""
+    out = {"logits": logits[-1], "pred_boxes": boxes[-1],
+           "auxiliary_outputs": [{"logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])]}
+    losses = criterion(out, targets)
+    weights = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+    return sum(v * weights[k.split("_")[0] + "_" + k.split("_")[1]] for k, v in losses.items())
+
+
+def train_stage1(model: GromaModel, settings: TrainSettings, out: Path, seed: int, resume: bool) -> None:
+    cfg = model.config
+    heads = AttributeHeads(cfg.options.region_hidden)
+    params = [
+        {"params": [p for n, p in model.perceiver.named_parameters() if "sampling_offsets" not in n], "lr_scale": 1.0},
+        {"params": [p for n, p in model.perceiver.named_parameters() if "sampling_offsets" in n], "lr_scale": 0.1},
+        {"params": list(model.region_encoder.parameters()) + list(heads.parameters()), "lr_scale": 1.0},
+    ]
+    opt = torch.optim.AdamW(params, lr=settings.stage1_lr, weight_decay=1e-4)
+    criterion = _detr_criterion()
+    step = _load_progress(out / "stage1.pt", model, opt, heads) if resume else 0
+    model.train()
+    bar = tqdm(range(step, settings.stage1_steps), desc="stage 1 proposer", initial=step, total=settings.stage1_steps)
+    for step in bar:
+        _set_lr(opt, _lr(step, settings.stage1_steps, settings.stage1_lr))
+        scenes = [render_scene(seed * 1_000_003 + step * settings.stage1_batch + i) for i in range(settings.stage1_batch)]
+        gts = [_gt_boxes(s) for s in scenes]
+        targets = [{"boxes": g, "class_labels": torch.zeros(len(g), dtype=torch.long)} for g in gts]
+        hidden = model.perceiver.encode_image(_pixels(scenes, cfg.options.image_size))
+        prop = model.perceiver.propose(hidden)
+        loss_det = _detr_loss(criterion, prop.layer_logits_coco, prop.layer_boxes, targets)
+        loss_det = loss_det + _detr_loss(criterion, prop.layer_logits_sa1b, prop.layer_boxes, targets)
+        enc = {"logits": prop.enc_outputs_class, "pred_boxes": prop.enc_outputs_coord_logits.sigmoid()}
+        enc_losses = criterion(enc, targets)
+        loss_enc = 2 * enc_losses["loss_ce"] + 5 * enc_losses["loss_bbox"] + 2 * enc_losses["loss_giou"]
+        # attributes from ground-truth boxes through the region encoder
+        fused = model.region_encoder.fuse(hidden)
+        roi = model.region_encoder.roi_align
+        flat = roi.convolve(roi.pool(fused, gts))
+        _, flat_out, pos = roi.project(flat, torch.cat(gts))
+        feats = flat_out + pos
+        kinds = torch.tensor([KINDS.index(o.kind) for s in scenes for o in s.objects])
+        colors = torch.tensor([COLOR_NAMES.index(o.color) for s in scenes for o in s.objects])
+        sizes = torch.tensor([SIZE_WORDS.index(o.size_word) if o.size_word in SIZE_WORDS else 1 for s in scenes for o in s.objects])
+        loss_attr = (F.cross_entropy(heads.kind(feats), kinds) + F.cross_entropy(heads.color(feats), colors)
+                     + 0.5 * F.cross_entropy(heads.size(feats), sizes))
+        loss = loss_det + loss_enc + loss_attr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(det=f"{loss_det.item():.2f}", enc=f"{loss_enc.item():.2f}", attr=f"{loss_attr.item():.2f}")
+        if (step + 1) % settings.save_every == 0:
+            _save_progress(out / "stage1.pt", model, opt, step + 1, heads)
+    _save_progress(out / "stage1.pt", model, opt, settings.stage1_steps, heads)
+    model.eval()
+
+
+# ----------------------------------------------------------------------------------------- region cache
+@dataclass
+class CachedScene:
+    scene: object  # world.Scene without its pixel arrays (language only needs objects and camera)
+    merged: Tensor  # (T, 4C) 2x2-merged patch tokens (fp16), input of the bridge
+    flat: Tensor  # (N, C*r*r) convolved RoI maps of the selected regions (fp16)
+    boxes: Tensor  # (N, 4) normalised cxcywh
+    object_region: list[int]  # region index of every scene object
+
+
+@torch.no_grad()
+def build_region_cache(model: GromaModel, settings: TrainSettings, seed: int) -> list[CachedScene]:
+    """Run the frozen vision side once per training scene (ground-truth boxes join the candidates with
+    score 0.2, as in the original's training)."""
+    from .vision import merge_2x2
+
+    cfg = model.config
+    cache = []
+    for i in tqdm(range(settings.cache_scenes), desc="caching regions"):
+        scene = render_scene(seed * 1_000_003 + 3_000_000 + i)
+        hidden = model.perceiver.encode_image(_pixels([scene], cfg.options.image_size))
+        prop = model.perceiver.propose(hidden)
+        gt = _gt_boxes(scene)
+        sel = select_regions(prop.boxes[0], prop.scores[0], nms_thres=cfg.nms_thres, score_thres=cfg.box_score_thres,
+                             max_num=cfg.max_region_num, ground_boxes=gt)
+        fused = model.region_encoder.fuse(hidden)
+        roi = model.region_encoder.roi_align
+        flat = roi.convolve(roi.pool(fused, [sel.boxes]))
+        merged = merge_2x2(model.image_patch_tokens(hidden), cfg.patch_grid)[0]
+        light = dataclasses.replace(scene, image=None, depth_m=None, instance_mask=None)
+        cache.append(CachedScene(light, merged.half(), flat.half(), sel.boxes.clone(), sel.ground_indices))
+    return cache
+
+
+# ------------------------------------------------------------------------------------- stages 2 and 3
+def _conversation(item: CachedScene, rng: random.Random, tasks, max_rounds: int):
+    """Random rounds about one scene: (turns with <rK> markup, refer object order), regions permuted."""
+    n = len(item.boxes)
+    perm = list(range(n))
+    rng.shuffle(perm)
+    position = {old: new for new, old in enumerate(perm)}  # region old index -> new index
+    turns, refer = [], []
+    for _ in range(rng.randint(1, max_rounds)):
+        sample = language.sample_language(item.scene, rng, task=rng.choice(tasks))
+        if sample is None:
+            continue
+        pieces = []
+        for span in sample.answer:
+            regions = [position[item.object_region[o]] for o in span.object_indices]
+            pieces.append((span.text, regions) if regions else span.text)
+        answer = prompts.format_answer(pieces) if pieces else ""
+        if not answer:
+            continue
+        turns.append((sample.query, answer))
+        refer += [position[item.object_region[o]] for o in sample.refer_indices]
+    return turns, refer, perm
+
+
+def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenIds, cache, rng, tasks, settings):
+    embeds, labels = [], []
+    for _ in range(settings.lm_batch):
+        while True:
+            item = cache[rng.randrange(len(cache))]
+            turns, refer, perm = _conversation(item, rng, tasks, settings.max_rounds)
+            if turns:
+                break
+        ids, lab = prompts.build_training_ids(tokenizer, turns)
+        ids, lab = torch.tensor(ids), torch.tensor(lab)
+        slots = torch.nonzero(ids == tokens.refer_box).flatten().tolist()
+        for slot, k in zip(slots, refer):
+            ids[slot] = tokens.region_index_token(k)
+        boxes = item.boxes[perm]
+        features, _, _ = model.region_encoder.roi_align.project(item.flat[perm].float(), boxes)
+        image_tokens = model.img_txt_bridge(item.merged.float())
+        expanded, lab = model.expand_ids(ids, len(perm), tokens, lab)
+        refer_features = features[refer] if refer else None
+        embeds.append(model.assemble_embeds(expanded, tokens, image_tokens, features, refer_features))
+        labels.append(lab)
+    length = max(len(e) for e in embeds)
+    mask = torch.zeros(len(embeds), length, dtype=torch.long)
+    padded = torch.zeros(len(embeds), length, embeds[0].shape[-1])
+    padded_labels = torch.full((len(embeds), length), IGNORE_INDEX)
+    for i, (e, lab) in enumerate(zip(embeds, labels)):
+        padded[i, : len(e)] = e
+        padded_labels[i, : len(lab)] = lab
+        mask[i, : len(e)] = 1
+    return padded, mask, padded_labels
+
+
+def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings: TrainSettings, out: Path,
+                   seed: int, stage: int, resume: bool) -> None:
+    tasks = STAGE2_TASKS if stage == 2 else STAGE3_TASKS
+    steps = settings.stage2_steps if stage == 2 else settings.stage3_steps
+    tokens = TokenIds.from_lookup(tokenizer.token_to_id)
+    trainable = [model.region_encoder.roi_align.flatten_linear, model.region_encoder.roi_align.pos_embedd,
+                 model.region_encoder.roi_align.updims, model.img_txt_bridge, model.llm, model.new_input_embs,
+                 model.extra_lm_head]
+    params = [p for m in trainable for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=settings.lm_lr, weight_decay=0.0)
+    path = out / f"stage{stage}.pt"
+    step = _load_progress(path, model, opt) if resume else 0
+    rng = random.Random(seed * 7919 + stage * 104_729 + step)
+    model.train()
+    bar = tqdm(range(step, steps), desc=f"stage {stage} {'alignment' if stage == 2 else 'instructions'}",
+               initial=step, total=steps)
+    for step in bar:
+        _set_lr(opt, _lr(step, steps, settings.lm_lr))
+        embeds, mask, labels = _language_batch(model, tokenizer, tokens, cache, rng, tasks, settings)
+        hidden = model.llm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        logits = model.lm_logits(hidden[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % settings.save_every == 0:
+            _save_progress(path, model, opt, step + 1)
+    _save_progress(path, model, opt, steps)
+    model.eval()
+
+
+# ------------------------------------------------------------------------------------------ plumbing
+def _save_progress(path: Path, model: GromaModel, opt, step: int, heads: nn.Module | None = None) -> None:
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
+    if heads is not None:
+        state["heads"] = heads.state_dict()
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_progress(path: Path, model: GromaModel, opt, heads: nn.Module | None = None) -> int:
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if heads is not None and "heads" in state:
+        heads.load_state_dict(state["heads"])
+    print(f"resumed {path.name} at step {state['step']}")
+    return int(state["step"])
+
+
+def _stage_done(path: Path, steps: int) -> bool:
+    return path.is_file() and torch.load(path, map_location="cpu", weights_only=True)["step"] >= steps
+
+
+def run_training(preset: str, out: str | Path, seed: int = 0, resume: bool = False) -> Path:
+    settings = PRESETS[preset]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    started = time.time()
+    tok_dir = out / "tokenizer"
+    if resume and (tok_dir / "tokenizer.model").is_file():
+        tokenizer = GromaTokenizer.from_pretrained(tok_dir)
+    else:
+        tokenizer = build_tokenizer(tok_dir, settings, seed)
+    model = GromaModel(tiny_config(tokenizer.base_vocab_size))
+    if not (resume and _stage_done(out / "stage2.pt", settings.stage2_steps)):
+        train_stage1(model, settings, out, seed, resume)
+    cache = build_region_cache(model, settings, seed)
+    train_language(model, tokenizer, cache, settings, out, seed, stage=2, resume=resume)
+    train_language(model, tokenizer, cache, settings, out, seed, stage=3, resume=resume)
+    final = out / "final"
+    save_checkpoint(model, final, tokenizer, storage_dtype=torch.float16)
+    (final / "training.json").write_text(json.dumps({
+        "command": f"groma train --preset {preset} --seed {seed} --out {out}",
+        "seed": seed, "settings": dataclasses.asdict(settings), "seconds": round(time.time() - started),
+        "torch": torch.__version__,
+    }, indent=2))
+    print(f"wrote {final} in {time.time() - started:.0f} s")
+    return final
+
+
+def main(args) -> int:
+    if args.preset not in PRESETS:
+        raise SystemExit(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
+    run_training(args.preset, args.out, seed=args.seed, resume=args.resume)
+    return 0
