@@ -11,8 +11,11 @@
 #    pointed at it, otherwise find_package() and the typesupport lookup fail;
 #  * every wheel's export_*__rosidl_generator_pyExport.cmake hard-codes the
 #    include dirs of the wheel build container (/opt/python/cp3XX-cp3XX/...),
-#    which do not exist here and make generation fail. We swap them for this
-#    interpreter's Python and NumPy include dirs once all targets are imported.
+#    which do not exist here and make generation fail. Interfaces that pip
+#    generated (our vision_msgs) carry the same kind of stale path: the NumPy
+#    of pip's deleted build env (/tmp/pip-build-env-*/...). We swap such
+#    missing Python/NumPy include dirs for this interpreter's once all targets
+#    are imported.
 #
 # Inputs (all optional):
 #   Python3_EXECUTABLE  interpreter that has the ROS wheels (default: found one)
@@ -60,14 +63,27 @@ function(_ros_pip_compat_fix_python_includes)
   get_property(_targets DIRECTORY "${CMAKE_SOURCE_DIR}" PROPERTY IMPORTED_TARGETS)
   foreach(_target IN LISTS _targets)
     get_target_property(_dirs ${_target} INTERFACE_INCLUDE_DIRECTORIES)
-    if(NOT _dirs OR NOT "${_dirs}" MATCHES "(^|;)/opt/python/")
+    if(NOT _dirs)
+      continue()
+    endif()
+    set(_kept "")
+    set(_stale FALSE)
+    foreach(_dir IN LISTS _dirs)
+      # Only missing dirs that look like Python or NumPy headers; anything
+      # else missing is a real error CMake should keep reporting.
+      if(NOT EXISTS "${_dir}" AND _dir MATCHES "(^/opt/python/|pip-build-env|numpy|/include/python[0-9])")
+        set(_stale TRUE)
+      else()
+        list(APPEND _kept "${_dir}")
+      endif()
+    endforeach()
+    if(NOT _stale)
       continue()
     endif()
     if(NOT Python3_NumPy_INCLUDE_DIRS)
       find_package(Python3 REQUIRED COMPONENTS Interpreter Development.Module NumPy)
     endif()
-    list(FILTER _dirs EXCLUDE REGEX "^/opt/python/")
-    list(APPEND _dirs ${Python3_INCLUDE_DIRS} ${Python3_NumPy_INCLUDE_DIRS})
+    set(_dirs ${_kept} ${Python3_INCLUDE_DIRS} ${Python3_NumPy_INCLUDE_DIRS})
     list(REMOVE_DUPLICATES _dirs)
     set_target_properties(${_target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_dirs}")
     list(APPEND _fixed_targets ${_target})
