@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,8 +51,10 @@ def _ros_environment() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RMW_IMPLEMENTATION", None)  # the PyPI ROS has only Fast DDS; anything else exits 102
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    # A domain of its own (derived from the pid) so a running robot or a second demo is not seen.
-    env["ROS_DOMAIN_ID"] = env.get("GROMA_DEMO_DOMAIN_ID") or str(101 + os.getpid() % 100)
+    # A domain of its own so a running robot or a second demo is not seen: 215..232 is the
+    # upper range of ids whose DDS ports stay below Linux's ephemeral ports (and apart from the
+    # test suite's 1..100).
+    env["ROS_DOMAIN_ID"] = env.get("GROMA_DEMO_DOMAIN_ID") or str(215 + os.getpid() % 18)
     # 640x480 rgb8 frames (900 KB) are lost by best-effort UDP; the profile uses shared memory.
     env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(find_config("fastdds_large_shm.xml"))
     return env
@@ -102,6 +105,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from groma_ros.msg import GroundingResult
 
     client = None
+    ok = False
     try:
         for name, cmd in commands.items():
             with open(logs / f"{name}.log", "w") as log:
@@ -145,7 +149,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"annotated image written to {args.out}")
         else:
             print("no annotated image received", file=sys.stderr)
-        return 0 if result.status == GroundingResult.STATUS_OK and reply.annotated is not None else 1
+        ok = result.status == GroundingResult.STATUS_OK and reply.annotated is not None
+        return 0 if ok else 1
     except KeyboardInterrupt:
         return 130
     finally:
@@ -154,7 +159,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         rclpy.try_shutdown()
         for name in reversed(list(procs)):
             _stop(procs[name], name)
-        print(f"logs in {logs}")
+        if ok:
+            shutil.rmtree(logs, ignore_errors=True)
+        else:
+            print(f"process logs kept in {logs}", file=sys.stderr)
 
 
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

@@ -392,3 +392,19 @@ def test_flood_20_commands_in_order_memory_flat(peer: Peer, node_process: subpro
 def test_node_survived(node_process: subprocess.Popen, peer: Peer, mugs: Scene) -> None:
     assert node_process.poll() is None
     assert peer.command_on(rgb_to_image_msg(mugs.image, peer.header()), "pick up the red mug").status == S.STATUS_OK
+
+
+def test_readme_demo(tmp_path: Path) -> None:
+    """`python -m groma_ros.demo` (README, `make demo`): camera + node + command, PNG written."""
+    model = _model_path()
+    out = tmp_path / "demo_annotated.png"
+    cmd = [sys.executable, "-m", "groma_ros.demo", "--out", str(out)] + (["--model", model] if model else [])
+    # The demo picks its own private domain (215..232), apart from this module's (1..100).
+    env = ros_env.ros_test_environment()
+    env.pop("ROS_DOMAIN_ID")
+    proc = subprocess.run(cmd, env=env, cwd=ros_env.REPO_ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "status: OK" in proc.stdout and "IoU with the true blue mug" in proc.stdout
+    ious = [float(line.rsplit("=", 1)[1]) for line in proc.stdout.splitlines() if "IoU with the true" in line]
+    assert max(ious) >= 0.5, proc.stdout
+    assert PILImage.open(out).size == (640, 480)
