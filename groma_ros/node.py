@@ -141,16 +141,18 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
 }
 
 
-def validate_command(command: Any, max_chars: Optional[int]) -> Optional[str]:
+def validate_command(command: Any, max_chars: Optional[int], allow_empty: bool = False) -> Optional[str]:
     """Return why ``command`` cannot be grounded, or ``None`` when it is usable text.
 
-    Rejected: non-``str``, empty or whitespace-only, longer than ``max_chars`` (when given),
-    containing control characters or U+FFFD (what undecodable bytes become), or without a single
-    letter or digit.
+    Rejected: non-``str``, empty or whitespace-only (unless ``allow_empty``), longer than
+    ``max_chars`` (when given), containing control characters or U+FFFD (what undecodable bytes
+    become), or without a single letter or digit.
     """
     if not isinstance(command, str):
         return f"command must be text, got {type(command).__name__}"
     if not command.strip():
+        if allow_empty:
+            return None
         return "command is empty" if not command else "command is only whitespace"
     if max_chars is not None and len(command) > max_chars:
         return f"command is too long ({len(command)} characters > {max_chars})"
@@ -468,7 +470,8 @@ class GromaNode(LifecycleNode):
         pipe = self._pipeline
         if pipe is None:
             return GroundingResult.STATUS_ERROR, "no model loaded"
-        why = validate_command(job.command, getattr(pipe, "max_input_chars", None))
+        # One user region and no text asks for a caption of that region ("describe region 0").
+        why = validate_command(job.command, getattr(pipe, "max_input_chars", None), allow_empty=len(job.regions) == 1)
         if why is not None:
             return GroundingResult.STATUS_BAD_INPUT, why
 

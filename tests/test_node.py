@@ -317,6 +317,10 @@ def test_service_with_image_and_regions(h: Harness) -> None:
     outside = h.call("what is in region 0?", own, [(100.0, 100.0, 120.0, 120.0)])
     assert outside.status == S.STATUS_BAD_INPUT and "outside" in outside.status_message
     assert h.call("").status == S.STATUS_BAD_INPUT
+    # One region and no text: the model is asked to describe the region.
+    caption = h.call("", own, [(4.0, 5.0, 20.0, 30.0)])
+    assert caption.status == S.STATUS_OK and h.pipe.asked[-1] == [(4.0, 5.0, 20.0, 30.0)]
+    assert h.call("", own, [(4.0, 5.0, 20.0, 30.0), (30.0, 5.0, 40.0, 30.0)]).status == S.STATUS_BAD_INPUT
 
 
 def test_order_under_image_flood(h: Harness) -> None:

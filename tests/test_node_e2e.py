@@ -289,6 +289,8 @@ def test_service_path_with_own_image_and_region(peer: Peer, mugs: Scene) -> None
     r = peer.call("what is in region 0?", image, [blue_box])
     assert r.status in (S.STATUS_OK, S.STATUS_NOT_FOUND), r.status_message
     assert r.answer
+    r = peer.call("", image, [blue_box])  # one region, no text: describe it
+    assert r.status in (S.STATUS_OK, S.STATUS_NOT_FOUND) and r.answer, r.status_message
     r = peer.call("what is in region 0?", image, [(500.0, 500.0, 400.0, 600.0)])
     assert r.status == S.STATUS_BAD_INPUT and "region 0" in r.status_message
 
