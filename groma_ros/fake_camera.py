@@ -75,7 +75,10 @@ class FakeCamera(Node):
         )
         p = {n: self.get_parameter(n).value for n in ("seed", "rate", "width", "height", "change_every", "frame_id", "publish_depth", "reliability")}
         self._p = p
-        reliability = ReliabilityPolicy.BEST_EFFORT if p["reliability"] == "best_effort" else ReliabilityPolicy.RELIABLE
+        policies = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
+        if p["reliability"] not in policies:
+            raise ValueError(f"reliability must be one of {sorted(policies)}, got {p['reliability']!r}")
+        reliability = policies[p["reliability"]]
         qos = QoSProfile(depth=1, reliability=reliability)
         self._pub_image = self.create_publisher(Image, "image", qos)
         self._pub_depth = self.create_publisher(Image, "depth", qos) if p["publish_depth"] else None
