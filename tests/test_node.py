@@ -49,6 +49,7 @@ class FakePipeline:
     def __init__(self) -> None:
         self.encoded = 0
         self.asked: list[list[tuple[float, ...]]] = []
+        self.max_new_tokens: list[Any] = []
         self.delay = 0.0
 
     def encode(self, rgb: np.ndarray) -> SimpleNamespace:
@@ -68,6 +69,7 @@ class FakePipeline:
 
     def ground(self, frame: SimpleNamespace, command: str, max_new_tokens: Any = None) -> SimpleNamespace:
         time.sleep(self.delay)
+        self.max_new_tokens.append(max_new_tokens)
         if "explode" in command:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         if "reject" in command:
@@ -98,16 +100,22 @@ def red_blue_bgr8(header: Header, width: int = 64, height: int = 48) -> Image:
 class Harness:
     """The node under test plus a peer node publishing images/commands and collecting outputs."""
 
-    def __init__(self, overrides: dict[str, Any] | None = None, factory: Callable | None = None) -> None:
+    def __init__(
+        self, overrides: dict[str, Any] | None = None, factory: Callable | None = None, namespace: str = ""
+    ) -> None:
+        """``namespace`` keeps a second harness apart from the module's one (same domain)."""
         self.context = rclpy.Context()
         # A private domain per process keeps parallel test runs apart.
         rclpy.init(context=self.context, domain_id=100 + os.getpid() % 100)
         self.pipe = FakePipeline()
         params = [Parameter(k, value=v) for k, v in (overrides or {}).items()]
         self.node = GromaNode(
-            pipeline_factory=factory or (lambda path, **kw: self.pipe), context=self.context, parameter_overrides=params
+            pipeline_factory=factory or (lambda path, **kw: self.pipe),
+            context=self.context,
+            parameter_overrides=params,
+            namespace=namespace,
         )
-        self.peer = rclpy.create_node("peer", context=self.context)
+        self.peer = rclpy.create_node("peer", context=self.context, namespace=namespace)
         self.pub_image = self.peer.create_publisher(Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.pub_command = self.peer.create_publisher(String, "command", QOS)
         self.results: list[GroundingResult] = []
@@ -406,7 +414,7 @@ def test_lifecycle_cleanup_frees_model_and_configure_failure_keeps_node_alive() 
     def broken(path: Any, **kwargs: Any) -> Any:
         raise CheckpointError("model directory /nope is missing config.json")
 
-    harness = Harness(factory=broken)
+    harness = Harness(factory=broken, namespace="lifecycle")
     try:
         assert harness.node.trigger_configure() == TransitionCallbackReturn.FAILURE
         harness.node._pipeline_factory = lambda path, **kw: harness.pipe
@@ -426,3 +434,39 @@ def test_lifecycle_cleanup_frees_model_and_configure_failure_keeps_node_alive() 
 )
 def test_validate_command(command: Any, ok: bool) -> None:
     assert (validate_command(command, 2000) is None) == ok
+
+
+def test_every_model_parameter_takes_effect() -> None:
+    calls: list[tuple[Any, dict]] = []
+
+    def factory(path: Any, **kwargs: Any) -> FakePipeline:
+        calls.append((path, kwargs))
+        return harness.pipe
+
+    overrides = dict(model_path="/models/groma-7b", device="cuda:1", dtype="float16", nms_threshold=0.5,
+                     box_score_threshold=0.2, max_regions=30, max_new_tokens=12)
+    harness = Harness(overrides=overrides, factory=factory, namespace="params")
+    try:
+        harness.up()
+        assert calls == [("/models/groma-7b", dict(device="cuda:1", dtype="float16", nms_thres=0.5,
+                                                  box_score_thres=0.2, max_region_num=30))]
+        harness.image(red_blue_bgr8(harness.header()))
+        assert harness.command("find the red thing").status == S.STATUS_OK
+        assert harness.pipe.max_new_tokens[-1] == 12
+        # Live parameters: no detections topic, model default token budget.
+        harness.node.set_parameters([Parameter("publish_detections", value=False), Parameter("max_new_tokens", value=0)])
+        before = len(harness.detections)
+        result = harness.command("find the blue thing")
+        assert result.status == S.STATUS_OK and harness.pipe.max_new_tokens[-1] is None
+        time.sleep(0.2)
+        assert len(harness.detections) == before
+        # Negative thresholds mean "the model's defaults" (None) at the next configure.
+        harness.node.set_parameters([Parameter(n, value=-1.0) for n in ("nms_threshold", "box_score_threshold")]
+                                    + [Parameter("max_regions", value=-1), Parameter("model_path", value="")])
+        assert harness.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert harness.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        harness.up()
+        assert calls[-1] == (None, dict(device="cuda:1", dtype="float16", nms_thres=None,
+                                        box_score_thres=None, max_region_num=None))
+    finally:
+        harness.close()
