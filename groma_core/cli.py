@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a model on synthetic scenes")
     model_args(p)
     p.add_argument("--n", type=int, default=500, help="number of scenes")
-    p.add_argument("--seed-start", type=int, default=1_000_000)
+    p.add_argument("--seed-start", type=int, default=10_000_000, help="first scene seed (training never uses >= 10^7)")
+    p.add_argument("--split", choices=("eval", "train"), default="eval", help="wording pool: held-out phrasings or training ones")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -288,26 +288,34 @@ class GromaPipeline:
         return self._region_context(frame.width, frame.height, frame.hidden_states, frame.proposal_boxes,
                                     frame.proposal_scores, frame.fused, frame.image_tokens, refer)
 
+    def run_query(self, frame: Frame, query: str, refer_boxes_xyxy=None, max_new_tokens: int | None = None,
+                  default_phrase: str | None = None) -> Grounding:
+        """One user turn already in Groma's text format (e.g. ``"Locate <p>the mug</p> in the image."``).
+
+        ``refer_boxes_xyxy`` are pixel boxes for the query's ``<roi><refer_box></roi><refer_feat>`` slots, in order.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise GromaInputError("query must be non-empty text")
+        with self._lock:
+            context = self._context_with_boxes(frame, refer_boxes_xyxy) if refer_boxes_xyxy else frame.context
+            return self._generate(context, frame, [(query, None)], max_new_tokens or MAX_NEW_TOKENS["ground"],
+                                  default_phrase=default_phrase)
+
     def ground(self, frame: Frame, command: str, max_new_tokens: int | None = None) -> Grounding:
         """A free-form robot command or question, answered with grounded phrases (``[grounding]`` prompt)."""
         text = self._check_text(command)
-        with self._lock:
-            return self._generate(frame.context, frame, [(prompts.grounding_query(text), None)],
-                                  max_new_tokens or MAX_NEW_TOKENS["ground"])
+        return self.run_query(frame, prompts.grounding_query(text), None, max_new_tokens)
 
     def locate(self, frame: Frame, expression: str, max_new_tokens: int | None = None) -> Grounding:
         """Referring-expression comprehension: the regions matching ``expression`` (Groma's REC prompt)."""
         text = self._check_text(expression, "expression")
-        with self._lock:
-            return self._generate(frame.context, frame, [(prompts.rec_query(text), None)],
-                                  max_new_tokens or MAX_NEW_TOKENS["locate"], default_phrase=text)
+        return self.run_query(frame, prompts.rec_query(text), None, max_new_tokens or MAX_NEW_TOKENS["locate"],
+                              default_phrase=text)
 
     def describe(self, frame: Frame, box_xyxy, max_new_tokens: int | None = None) -> Grounding:
         """A short caption of the user box (pixel xyxy)."""
-        with self._lock:
-            context = self._context_with_boxes(frame, [box_xyxy])
-            return self._generate(context, frame, [(prompts.region_caption_query(), None)],
-                                  max_new_tokens or MAX_NEW_TOKENS["describe"])
+        return self.run_query(frame, prompts.region_caption_query(), [box_xyxy],
+                              max_new_tokens or MAX_NEW_TOKENS["describe"])
 
     def ask(self, frame: Frame, command: str, refer_boxes_xyxy, max_new_tokens: int | None = None) -> Grounding:
         """A command that mentions user regions ("what is in region 0?"); boxes in pixel xyxy."""
@@ -316,9 +324,7 @@ class GromaPipeline:
             return self.ground(frame, text, max_new_tokens)
         query = prompts.insert_user_regions(text, len(refer_boxes_xyxy))
         boxes = [refer_boxes_xyxy[i] for i in query.refer_order]
-        with self._lock:
-            context = self._context_with_boxes(frame, boxes)
-            return self._generate(context, frame, [(query.text, None)], max_new_tokens or MAX_NEW_TOKENS["ground"])
+        return self.run_query(frame, query.text, boxes, max_new_tokens)
 
     def chat(self, frame: Frame, history: list[tuple[str, str]], message: str,
              max_new_tokens: int | None = None) -> Grounding:
