@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Union
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -589,18 +590,27 @@ class GromaNode(LifecycleNode):
 def main(args: Optional[list[str]] = None) -> int:
     """Console script ``groma_node``: run the node with standard ``--ros-args``.
 
-    With ``autostart`` (the default) the node configures and activates itself; otherwise it
-    waits, unconfigured, for a lifecycle manager.  Returns the process exit code.
+    With ``autostart`` (the default) the node configures and activates itself and the process
+    exits with status 1 if that fails (e.g. the model cannot be loaded), so that launch files,
+    the demo and service managers see the failure at once; an invalid parameter value exits
+    with status 2.  Without it the node waits,
+    unconfigured, for a lifecycle manager.  Returns the process exit code.
     """
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     executor = MultiThreadedExecutor(num_threads=4)
     try:
-        node = GromaNode()
+        try:
+            node = GromaNode()
+        except (ValueError, InvalidParameterValueException) as exc:  # a bad params file or -p value
+            rclpy.logging.get_logger("groma_node").fatal(str(exc))
+            return 2
         executor.add_node(node)
         if node.get_parameter("autostart").value:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
+            for transition in (node.trigger_configure, node.trigger_activate):
+                if transition() != TransitionCallbackReturn.SUCCESS:
+                    node.get_logger().fatal(f"autostart failed at {transition.__name__[len('trigger_'):]}; exiting")
+                    return 1
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
