@@ -148,12 +148,20 @@ class Harness:
         self.pub_image.publish(msg)
         assert wait(lambda: self.node._image_seq > seen)
 
-    def command(self, text: str, n: int = 1) -> GroundingResult:
-        """Publish ``text`` and return its result (the ``n``-th new one)."""
+    def command(self, text: str) -> GroundingResult:
+        """Publish ``text`` and return its result.
+
+        Matched by text: service results are published on ``grounding`` too and may arrive
+        after the service response, i.e. after a later command was sent.
+        """
         seen = len(self.results)
         self.pub_command.publish(String(data=text))
-        assert wait(lambda: len(self.results) >= seen + n), f"no result for {text[:40]!r}"
-        return self.results[seen + n - 1]
+        assert wait(lambda: self.results_since(seen, text)), f"no result for {text[:40]!r}"
+        return self.results_since(seen, text)[0]
+
+    def results_since(self, seen: int, text: str, prefix: bool = False) -> list[GroundingResult]:
+        """Results received after the first ``seen`` whose command is ``text`` (or starts with it)."""
+        return [r for r in self.results[seen:] if (r.command.startswith(text) if prefix else r.command == text)]
 
     def call(self, command: str, image: Image | None = None, regions: list = ()) -> GroundingResult:
         assert self.client.wait_for_service(timeout_sec=5.0)
@@ -349,12 +357,12 @@ def test_order_under_image_flood(h: Harness) -> None:
         for i in range(20):
             h.pub_command.publish(String(data=f"find the red thing {i}"))
             time.sleep(0.05)
-        assert wait(lambda: len(h.results) >= seen + 20, timeout=10)
+        assert wait(lambda: len(h.results_since(seen, "find the red thing ", prefix=True)) >= 20, timeout=10)
     finally:
         stop.set()
         t.join()
         h.pipe.delay = 0.0
-    got = h.results[seen : seen + 20]
+    got = h.results_since(seen, "find the red thing ", prefix=True)
     assert [r.command for r in got] == [f"find the red thing {i}" for i in range(20)]
     assert [r.command_id for r in got] == list(range(got[0].command_id, got[0].command_id + 20))
     assert all(r.status == S.STATUS_OK for r in got), [r.status_message for r in got]
@@ -367,10 +375,10 @@ def test_queue_full_and_deactivate_answer_every_command(fresh: Harness) -> None:
     seen = len(fresh.results)
     for i in range(3):
         fresh.pub_command.publish(String(data=f"find the red thing {i}"))
-    assert wait(lambda: len(fresh.results) >= seen + 3)
-    statuses = sorted(r.status for r in fresh.results[seen : seen + 3])
-    assert statuses == [S.STATUS_OK, S.STATUS_OK, S.STATUS_ERROR]
-    assert any("queue is full" in r.status_message for r in fresh.results[seen:])
+    assert wait(lambda: len(fresh.results_since(seen, "find the red thing ", prefix=True)) >= 3)
+    got = fresh.results_since(seen, "find the red thing ", prefix=True)
+    assert sorted(r.status for r in got) == [S.STATUS_OK, S.STATUS_OK, S.STATUS_ERROR]
+    assert any("queue is full" in r.status_message for r in got)
     # Deactivating with commands queued answers them instead of dropping them. The publisher
     # goes away right after, so watch what the node finishes rather than what arrives.
     fresh.node.set_parameters([Parameter("max_queue", value=100)])

@@ -117,10 +117,15 @@ class Peer:
         return header
 
     def command(self, text: str, timeout: float = RESULT_TIMEOUT) -> GroundingResult:
+        """Publish ``text`` and return its result (matched by text: service results arrive here too)."""
         seen = len(self.results)
         self.pub_command.publish(String(data=text))
-        assert wait(lambda: len(self.results) > seen, timeout), f"no result for {text[:60]!r}"
-        return self.results[seen]
+        assert wait(lambda: self.results_since(seen, text), timeout), f"no result for {text[:60]!r}"
+        return self.results_since(seen, text)[0]
+
+    def results_since(self, seen: int, text: str, prefix: bool = False) -> list[GroundingResult]:
+        """Results received after the first ``seen`` whose command is ``text`` (or starts with it)."""
+        return [r for r in self.results[seen:] if (r.command.startswith(text) if prefix else r.command == text)]
 
     def command_on(self, image: Image | CompressedImage, text: str) -> GroundingResult:
         """Make ``image`` the node's latest frame, then send ``text``; the result must use it.
@@ -364,8 +369,11 @@ def test_flood_20_commands_in_order_memory_flat(peer: Peer, node_process: subpro
         for i in range(n):
             peer.pub_command.publish(String(data=f"pick up the blue mug ({tag} {i})"))
             time.sleep(0.1)
-        assert wait(lambda: len(peer.results) >= seen + n, RESULT_TIMEOUT * 2), f"{len(peer.results) - seen} of {n} results"
-        return peer.results[seen : seen + n]
+        start = f"pick up the blue mug ({tag} "
+        assert wait(lambda: len(peer.results_since(seen, start, prefix=True)) >= n, RESULT_TIMEOUT * 2), (
+            f"{len(peer.results_since(seen, start, prefix=True))} of {n} results"
+        )
+        return peer.results_since(seen, start, prefix=True)
 
     streamer = threading.Thread(target=stream)
     streamer.start()
