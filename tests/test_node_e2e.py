@@ -397,6 +397,20 @@ def test_flood_20_commands_in_order_memory_flat(peer: Peer, node_process: subpro
     assert all(best_iou(r, blue) >= 0.5 for r in got)
 
 
+def test_command_client_cli(peer: Peer, mugs: Scene, tmp_path: Path) -> None:
+    """`groma_command --service --image ... --save-annotated ...` prints the result and writes the PNG."""
+    PILImage.fromarray(mugs.image).save(tmp_path / "scene.png")
+    out = tmp_path / "annotated.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "groma_ros.command_client", "--service", "--image", str(tmp_path / "scene.png"),
+         "--save-annotated", str(out), "--timeout", "60", "pick up the blue mug"],
+        env=ros_env.ros_test_environment(), cwd=ros_env.REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "status: OK" in proc.stdout and "detection " in proc.stdout
+    assert PILImage.open(out).size == (640, 480)
+
+
 def test_node_survived(node_process: subprocess.Popen, peer: Peer, mugs: Scene) -> None:
     assert node_process.poll() is None
     assert peer.command_on(rgb_to_image_msg(mugs.image, peer.header()), "pick up the red mug").status == S.STATUS_OK
