@@ -478,3 +478,19 @@ def test_every_model_parameter_takes_effect() -> None:
                                         box_score_thres=None, max_region_num=None))
     finally:
         harness.close()
+
+
+def test_no_image_warning_fires_once_and_names_the_topic() -> None:
+    harness = Harness(overrides=dict(no_image_warning_delay=0.2), namespace="quiet")
+    warnings: list[str] = []
+    real_logger = harness.node.get_logger()
+    harness.node.get_logger = lambda: SimpleNamespace(  # type: ignore[method-assign]
+        warning=warnings.append, info=real_logger.info, error=real_logger.error, fatal=real_logger.fatal
+    )
+    try:
+        harness.up()
+        assert wait(lambda: warnings, timeout=3.0)
+        time.sleep(0.5)  # several periods later: still one warning
+        assert len(warnings) == 1 and "/quiet/image" in warnings[0] and "reliability" in warnings[0]
+    finally:
+        harness.close()
