@@ -40,7 +40,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header, String
+from std_msgs.msg import String
 from vision_msgs.msg import BoundingBox2D, Detection2DArray
 
 from groma_core.errors import GromaInputError
@@ -370,17 +370,22 @@ class GromaNode(LifecycleNode):
     def _stop_worker(self, reason: str) -> None:
         if self._worker is None:
             return
-        # Drain first so that queued commands are answered now instead of run after the stop.
+        # Drain first so that queued commands are answered now instead of run after the stop,
+        # and again after the join for any that a callback still in flight queued meanwhile.
+        self._drain(reason)
+        self._queue.put(_STOP)
+        self._worker.join()
+        self._worker = None
+        self._drain(reason)
+
+    def _drain(self, reason: str) -> None:
         while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return
             if job is not _STOP:
                 self._finish(job, self._new_result(job), GroundingResult.STATUS_ERROR, reason)
-        self._queue.put(_STOP)
-        self._worker.join()
-        self._worker = None
 
     # ------------------------------------------------------------------ callbacks
 

@@ -31,7 +31,6 @@ from vision_msgs.msg import Detection2DArray  # noqa: E402
 
 from groma_core.errors import CheckpointError, GromaInputError  # noqa: E402
 from groma_ros.conversions import bbox2d_to_xyxy, xyxy_to_bbox2d  # noqa: E402
-from groma_ros.image_conversion import rgb_to_image_msg  # noqa: E402
 from groma_ros.msg import GroundingResult  # noqa: E402
 from groma_ros.node import PARAMETERS, GromaNode, validate_command  # noqa: E402
 from groma_ros.srv import Ground  # noqa: E402
@@ -132,9 +131,19 @@ class Harness:
         self.thread.start()
 
     def up(self) -> None:
+        """Configure and activate; return once the peer's publishers match the node's inputs."""
         assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        self.activate()
+
+    def activate(self) -> None:
         assert self.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         assert wait(lambda: self.pub_command.get_subscription_count() > 0 and self.pub_image.get_subscription_count() > 0)
+
+    def deactivate(self) -> None:
+        """Deactivate; return once the old subscriptions have left the graph, so that a later
+        match count means the new ones (a sample sent before they match is lost)."""
+        assert self.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert wait(lambda: self.pub_command.get_subscription_count() == 0 and self.pub_image.get_subscription_count() == 0)
 
     def header(self, age: float = 0.0) -> Header:
         now = self.node.get_clock().now().nanoseconds - int(age * 1e9)
@@ -143,10 +152,17 @@ class Harness:
         return h
 
     def image(self, msg: Image) -> None:
-        """Publish ``msg`` and wait until the node has stored it."""
+        """Publish ``msg`` until the node has stored it.
+
+        Re-published because right after a re-activation the graph may still count the old
+        subscription as matched while the new one is not yet, and that first sample is lost.
+        """
         seen = self.node._image_seq
-        self.pub_image.publish(msg)
-        assert wait(lambda: self.node._image_seq > seen)
+        for _ in range(100):
+            self.pub_image.publish(msg)
+            if wait(lambda: self.node._image_seq > seen, timeout=0.05):
+                return
+        raise AssertionError("the node never received the image")
 
     def command(self, text: str) -> GroundingResult:
         """Publish ``text`` and return its result.
@@ -201,9 +217,8 @@ def h() -> Harness:
 def fresh(h: Harness) -> Harness:
     """``h`` after a deactivate/activate cycle: no latest image, empty queue, default params."""
     h.node.set_parameters([Parameter(n, value=PARAMETERS[n][0]) for n in ("max_frame_age", "max_queue", "publish_detections")])
-    assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-    assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    assert wait(lambda: h.pub_command.get_subscription_count() > 0 and h.pub_image.get_subscription_count() > 0)
+    h.deactivate()
+    h.activate()
     h.pipe.delay = 0.0
     return h
 
@@ -389,12 +404,12 @@ def test_queue_full_and_deactivate_answer_every_command(fresh: Harness) -> None:
         for i in range(3):
             fresh.pub_command.publish(String(data=f"find the red thing {i}"))
         assert wait(lambda: fresh.node._queue.qsize() >= 2)
-        assert fresh.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        fresh.deactivate()
     finally:
         del fresh.node._finish
     assert len(finished) == 3
     assert sum(r.status == S.STATUS_ERROR and "deactivated" in r.status_message for r in finished) == 2
-    assert fresh.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    fresh.activate()
 
 
 def test_parameters_have_descriptions_and_are_validated(h: Harness) -> None:
@@ -471,7 +486,7 @@ def test_every_model_parameter_takes_effect() -> None:
         # Negative thresholds mean "the model's defaults" (None) at the next configure.
         harness.node.set_parameters([Parameter(n, value=-1.0) for n in ("nms_threshold", "box_score_threshold")]
                                     + [Parameter("max_regions", value=-1), Parameter("model_path", value="")])
-        assert harness.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        harness.deactivate()
         assert harness.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         harness.up()
         assert calls[-1] == (None, dict(device="cuda:1", dtype="float16", nms_thres=None,
