@@ -67,8 +67,8 @@ class FakePipeline:
         )
 
     def ground(self, frame: SimpleNamespace, command: str, max_new_tokens: Any = None) -> SimpleNamespace:
+        self.max_new_tokens.append(max_new_tokens)  # first: tests watch it to see a call start
         time.sleep(self.delay)
-        self.max_new_tokens.append(max_new_tokens)
         if "explode" in command:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         if "reject" in command:
@@ -388,7 +388,10 @@ def test_queue_full_and_deactivate_answer_every_command(fresh: Harness) -> None:
     fresh.node.set_parameters([Parameter("max_queue", value=1)])
     fresh.pipe.delay = 0.3
     seen = len(fresh.results)
-    for i in range(3):
+    started = fresh.pipe.max_new_tokens.copy()
+    fresh.pub_command.publish(String(data="find the red thing 0"))
+    assert wait(lambda: len(fresh.pipe.max_new_tokens) > len(started))  # the worker is busy with it
+    for i in (1, 2):  # 1 waits in the queue (max_queue 1), 2 finds it full
         fresh.pub_command.publish(String(data=f"find the red thing {i}"))
     assert wait(lambda: len(fresh.results_since(seen, "find the red thing ", prefix=True)) >= 3)
     got = fresh.results_since(seen, "find the red thing ", prefix=True)
@@ -401,9 +404,11 @@ def test_queue_full_and_deactivate_answer_every_command(fresh: Harness) -> None:
     original = fresh.node._finish
     fresh.node._finish = lambda job, result, *rest: (original(job, result, *rest), finished.append(result))
     try:
+        calls = len(fresh.pipe.max_new_tokens)
         for i in range(3):
             fresh.pub_command.publish(String(data=f"find the red thing {i}"))
-        assert wait(lambda: fresh.node._queue.qsize() >= 2)
+        # One running, two queued.
+        assert wait(lambda: len(fresh.pipe.max_new_tokens) > calls and fresh.node._queue.qsize() == 2)
         fresh.deactivate()
     finally:
         del fresh.node._finish
