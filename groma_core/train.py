@@ -50,12 +50,12 @@ EVAL_SEED_START = 10_000_000
 class TrainSettings:
     tokenizer_vocab: int = 1024
     tokenizer_scenes: int = 1500
-    stage1_steps: int = 1200
+    stage1_steps: int = 700
     stage1_batch: int = 8
     stage1_lr: float = 4e-4
     cache_scenes: int = 2000
-    stage2_steps: int = 300
-    stage3_steps: int = 1900
+    stage2_steps: int = 250
+    stage3_steps: int = 1250
     lm_batch: int = 8
     lm_lr: float = 1e-3
     max_rounds: int = 3

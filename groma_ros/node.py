@@ -44,7 +44,7 @@ from std_msgs.msg import String
 from vision_msgs.msg import BoundingBox2D, Detection2DArray
 
 from groma_core.errors import GromaInputError
-from groma_ros.annotate import annotate
+from groma_core.annotate import annotate
 from groma_ros.conversions import bbox2d_to_xyxy, duration_msg, fill_result
 from groma_ros.image_conversion import ImageConversionError, msg_to_rgb, rgb_to_image_msg
 from groma_ros.msg import GroundingResult

@@ -11,7 +11,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["PALETTE", "annotate"]
+from .pipeline import Grounding
+
+__all__ = ["PALETTE", "annotate", "annotate_grounding"]
 
 # Distinct, saturated colours; phrase i gets PALETTE[i % len]. RGB.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -76,3 +78,13 @@ def annotate(rgb: np.ndarray, boxes: Sequence[_BoxLabel], caption: str = "") -> 
         draw.rectangle((0, height - (bottom - top) - 8, width, height), fill=(0, 0, 0))
         draw.text((4 - left, height - (bottom - top) - 4 - top), text, fill=(255, 255, 255), font=font)
     return np.asarray(image).copy()
+
+
+def annotate_grounding(rgb: np.ndarray, grounding: Grounding) -> np.ndarray:
+    """Draw every box of a grounding, labelled with its phrase and score, and the answer as caption."""
+    boxes = [
+        (box, f"{phrase.text} {score:.2f}".strip(), i)
+        for i, phrase in enumerate(grounding.phrases)
+        for box, score in zip(phrase.boxes_xyxy, phrase.scores)
+    ]
+    return annotate(rgb, boxes, grounding.answer)
