@@ -1,0 +1,104 @@
+"""GromaPipeline behaviour, on the official-layout fixture checkpoint (random weights: plumbing, not quality)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from groma_core.errors import CheckpointError, GromaInputError
+from groma_core.pipeline import GromaPipeline
+from groma_core.world import render_scene
+
+
+@pytest.fixture(scope="module")
+def pipe(official_fixture_dir) -> GromaPipeline:
+    return GromaPipeline.from_pretrained(official_fixture_dir / "checkpoint")
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render_scene(3)
+
+
+@pytest.fixture(scope="module")
+def frame(pipe, scene):
+    return pipe.encode(scene.image)
+
+
+def test_encode_gives_regions_in_pixels_sorted_by_score(frame, scene):
+    assert frame.width == 640 and frame.height == 480
+    assert 1 <= len(frame.regions) <= 100
+    scores = [r.score for r in frame.regions]
+    assert scores == sorted(scores, reverse=True)  # deterministic order by default
+    for k, r in enumerate(frame.regions):
+        assert r.index == k and r.score > 0.15
+        x1, y1, x2, y2 = r.box_xyxy
+        assert x2 > x1 and y2 > y1
+
+
+def test_prefix_reuse_gives_the_same_answer_as_recomputing_everything(pipe, frame, scene):
+    reused = pipe.ground(frame, "pick up the blue mug", max_new_tokens=6)
+    again = pipe.ground(frame, "pick up the blue mug", max_new_tokens=6)
+    fresh = pipe.ground_without_reuse(scene.image, "pick up the blue mug", max_new_tokens=6)
+    assert reused.token_ids == again.token_ids == fresh.token_ids
+    assert len(reused.token_ids) == 6
+    # the frame's prefix cache is left as it was
+    assert frame.context.prefix_cache.get_seq_length() == len(
+        pipe.model.expand_ids(torch.tensor(frame.context.prefix_ids), len(frame.regions), pipe.tokens)[0])
+
+
+def test_boxes_of_phrases_come_from_the_frame_regions(pipe, frame):
+    g = pipe.locate(frame, "the blue mug", max_new_tokens=8)
+    for phrase in g.phrases:
+        for k, box, score in zip(phrase.region_indices, phrase.boxes_xyxy, phrase.scores):
+            assert box == frame.regions[k].box_xyxy and score == frame.regions[k].score
+        assert g.answer[phrase.start:phrase.end] == phrase.text
+
+
+def test_user_boxes_become_regions_with_score_one(pipe, frame):
+    box = (470.4, 180.0, 553.6, 300.0)
+    g = pipe.describe(frame, box, max_new_tokens=4)
+    assert len(g.token_ids) <= 4
+    context = pipe._context_with_boxes(frame, [box])
+    k = context.selection.refer_indices[0]
+    assert context.regions[k].score == 1.0
+    assert np.allclose(context.regions[k].box_xyxy, box, atol=1e-3)
+    g = pipe.ask(frame, "what is in region 1 next to region 0?", [box, (10, 10, 100, 100)], max_new_tokens=3)
+    assert isinstance(g.raw_text, str)
+
+
+@pytest.mark.parametrize("bad", ["", "   \n\t ", 42, None, "x" * 100_000, "nul\x00byte"])
+def test_bad_commands_are_input_errors(pipe, frame, bad):
+    with pytest.raises(GromaInputError):
+        pipe.ground(frame, bad)
+
+
+def test_markup_typed_by_a_user_is_removed(pipe, frame):
+    g = pipe.ground(frame, "<image><region> pick up <r3> the mug", max_new_tokens=2)
+    assert g.query == "[grounding]pick up the mug"
+
+
+@pytest.mark.parametrize("image", [np.zeros((0, 5, 3), np.uint8), np.zeros((4, 4), np.uint8),
+                                   np.zeros((4, 4, 3), np.float32), "not an image"])
+def test_bad_images_are_input_errors(pipe, image):
+    with pytest.raises(GromaInputError):
+        pipe.encode(image)
+
+
+@pytest.mark.parametrize("box", [(10, 10, 5, 50), (0, 0, float("nan"), 3), (1, 2, 3)])
+def test_bad_user_boxes_are_input_errors(pipe, frame, box):
+    with pytest.raises(GromaInputError):
+        pipe.describe(frame, box)
+
+
+def test_missing_embedded_or_named_model_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError):
+        GromaPipeline.from_pretrained(tmp_path / "nothing-here")
+
+
+def test_thresholds_override_the_config(official_fixture_dir, scene):
+    strict = GromaPipeline.from_pretrained(official_fixture_dir / "checkpoint", box_score_thres=0.3, max_region_num=5)
+    frame = strict.encode(scene.image)
+    assert 1 <= len(frame.regions) <= 5
+    assert all(r.score > 0.3 for r in frame.regions) or len(frame.regions) == 1
