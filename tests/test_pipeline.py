@@ -102,3 +102,14 @@ def test_thresholds_override_the_config(official_fixture_dir, scene):
     frame = strict.encode(scene.image)
     assert 1 <= len(frame.regions) <= 5
     assert all(r.score > 0.3 for r in frame.regions) or len(frame.regions) == 1
+
+
+def test_bench_reports_medians_and_the_prefix_reuse_speedup(official_fixture_dir):
+    from groma_core.bench import run_bench
+
+    result = run_bench(str(official_fixture_dir / "checkpoint"), repeats=1, command="pick up the blue mug")
+    for key in ("encode_frame_median_ms", "ground_on_encoded_frame_median_ms", "ground_recompute_everything_median_ms"):
+        assert result[key] > 0
+    assert result["speedup_prefix_reuse"] == pytest.approx(
+        result["ground_recompute_everything_median_ms"] / result["ground_on_encoded_frame_median_ms"], rel=0.02)
+    assert "cpu" in result["device"]
