@@ -11,6 +11,9 @@ The stages follow the original, adapted to a model trained from scratch on a 2-c
 2. alignment: region encoder projection + image bridge + new token embeddings + LLM on REC and captions.
 3. instructions: the same on every task (commands, two-target commands, negatives, descriptions),
    several rounds per conversation as in the original's multi-round data.
+4. instructions again, with a fresh learning-rate cycle, more of the tasks that point at regions, and the
+   ``<rK>`` answer tokens weighted up: a from-scratch LLM learns the text of answers long before it learns
+   to point at the right region token.
 
 Region order is randomly permuted per sample (as the original does in training) so that no region index
 carries meaning. Checkpoints are written after every stage and every ``save_every`` steps; ``--resume``
@@ -56,6 +59,9 @@ class TrainSettings:
     cache_scenes: int = 2000
     stage2_steps: int = 250
     stage3_steps: int = 1250
+    stage4_steps: int = 2400
+    stage4_lr: float = 6e-4
+    region_token_weight: float = 3.0  # stage 4: loss weight of the <rK> answer tokens
     lm_batch: int = 8
     lm_lr: float = 1e-3
     max_rounds: int = 3
@@ -65,10 +71,12 @@ class TrainSettings:
 
 PRESETS = {"tiny": TrainSettings(), "smoke": TrainSettings(
     tokenizer_vocab=400, tokenizer_scenes=60, stage1_steps=3, stage1_batch=2, cache_scenes=6,
-    stage2_steps=3, stage3_steps=3, lm_batch=2, save_every=2)}
+    stage2_steps=3, stage3_steps=3, stage4_steps=3, lm_batch=2, save_every=2)}
 
 STAGE2_TASKS = ("rec", "caption")
 STAGE3_TASKS = ("rec", "command", "command2", "caption", "describe", "negative_rec", "negative_command")
+# stage 4 repeats the tasks that point at regions, where a from-scratch LLM learns slowest
+STAGE4_TASKS = STAGE3_TASKS + ("rec", "rec", "command", "command2")
 SIZE_WORDS = ("small", "medium", "large")
 
 
@@ -278,26 +286,33 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
 
 def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings: TrainSettings, out: Path,
                    seed: int, stage: int, resume: bool) -> None:
-    tasks = STAGE2_TASKS if stage == 2 else STAGE3_TASKS
-    steps = settings.stage2_steps if stage == 2 else settings.stage3_steps
+    tasks = {2: STAGE2_TASKS, 3: STAGE3_TASKS, 4: STAGE4_TASKS}[stage]
+    steps = {2: settings.stage2_steps, 3: settings.stage3_steps, 4: settings.stage4_steps}[stage]
+    peak_lr = settings.stage4_lr if stage == 4 else settings.lm_lr
+    region_weight = settings.region_token_weight if stage == 4 else 1.0
     tokens = TokenIds.from_lookup(tokenizer.token_to_id)
     trainable = [model.region_encoder.roi_align.flatten_linear, model.region_encoder.roi_align.pos_embedd,
                  model.region_encoder.roi_align.updims, model.img_txt_bridge, model.llm, model.new_input_embs,
                  model.extra_lm_head]
     params = [p for m in trainable for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=settings.lm_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.0)
     path = out / f"stage{stage}.pt"
     step = _load_progress(path, model, opt) if resume else 0
     rng = random.Random(seed * 7919 + stage * 104_729 + step)
     model.train()
-    bar = tqdm(range(step, steps), desc=f"stage {stage} {'alignment' if stage == 2 else 'instructions'}",
-               initial=step, total=steps)
+    name = {2: "alignment", 3: "instructions", 4: "instructions, region-weighted"}[stage]
+    bar = tqdm(range(step, steps), desc=f"stage {stage} {name}", initial=step, total=steps)
     for step in bar:
-        _set_lr(opt, _lr(step, steps, settings.lm_lr))
+        _set_lr(opt, _lr(step, steps, peak_lr))
         embeds, mask, labels = _language_batch(model, tokenizer, tokens, cache, rng, tasks, settings)
         hidden = model.llm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         logits = model.lm_logits(hidden[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        targets = labels[:, 1:].reshape(-1)
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX,
+                                    reduction="none")
+        is_region = (targets >= tokens.region_index_first) & (targets < tokens.region_index_first + 100)
+        weights = torch.where(is_region, region_weight, 1.0) * (targets != IGNORE_INDEX)
+        loss = (per_token * weights).sum() / weights.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -349,11 +364,15 @@ def run_training(preset: str, out: str | Path, seed: int = 0, resume: bool = Fal
     else:
         tokenizer = build_tokenizer(tok_dir, settings, seed)
     model = GromaModel(tiny_config(tokenizer.base_vocab_size))
-    if not (resume and _stage_done(out / "stage2.pt", settings.stage2_steps)):
+    if resume and _stage_done(out / "stage2.pt", settings.stage2_steps):
+        # the vision side is frozen after stage 1: its weights are what the region cache needs
+        model.load_state_dict(torch.load(out / "stage1.pt", map_location="cpu", weights_only=True)["model"])
+    else:
         train_stage1(model, settings, out, seed, resume)
     cache = build_region_cache(model, settings, seed)
     train_language(model, tokenizer, cache, settings, out, seed, stage=2, resume=resume)
     train_language(model, tokenizer, cache, settings, out, seed, stage=3, resume=resume)
+    train_language(model, tokenizer, cache, settings, out, seed, stage=4, resume=resume)
     final = out / "final"
     save_checkpoint(model, final, tokenizer, storage_dtype=torch.float16)
     (final / "training.json").write_text(json.dumps({
