@@ -346,6 +346,19 @@ def _load_progress(path: Path, model: GromaModel, opt, heads: nn.Module | None =
     return int(state["step"])
 
 
+def _init_new_tokens(model: GromaModel) -> None:
+    """Groma's added-token embeddings and output rows at the LLM's own scale.
+
+    nn.Embedding / nn.Linear defaults (N(0, 1), Kaiming) would make them ~50x larger than the LLM's
+    std-0.02 tokens. (The original starts ``new_input_embs`` at the mean of a pretrained vocabulary,
+    which a from-scratch LLM does not have.)
+    """
+    std = model.config.llm.initializer_range
+    with torch.no_grad():
+        model.new_input_embs.weight.normal_(0.0, std)
+        model.extra_lm_head.weight.normal_(0.0, std)
+
+
 def _stage_done(path: Path, steps: int) -> bool:
     return path.is_file() and torch.load(path, map_location="cpu", weights_only=True)["step"] >= steps
 
@@ -364,6 +377,7 @@ def run_training(preset: str, out: str | Path, seed: int = 0, resume: bool = Fal
     else:
         tokenizer = build_tokenizer(tok_dir, settings, seed)
     model = GromaModel(tiny_config(tokenizer.base_vocab_size))
+    _init_new_tokens(model)
     if resume and _stage_done(out / "stage2.pt", settings.stage2_steps):
         # the vision side is frozen after stage 1: its weights are what the region cache needs
         model.load_state_dict(torch.load(out / "stage1.pt", map_location="cpu", weights_only=True)["model"])
