@@ -94,7 +94,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         "fake_camera": python + ["groma_ros.fake_camera", "--ros-args", "-p", f"seed:={seed}", "-p", "rate:=10.0"],
         "groma_node": python + [
             "groma_ros.node", "--ros-args", "--params-file", str(find_config("groma.yaml")),
-            "-p", f"model_path:={args.model}", "-p", f"device:={args.device}",
+            "-p", f"device:={args.device}",
+            # rcl cannot parse an empty override ("model_path:="); the params file's "" means embedded
+            *(["-p", f"model_path:={args.model}"] if args.model else []),
         ],
     }
     procs: dict[str, subprocess.Popen] = {}

@@ -175,7 +175,7 @@ def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subproces
     args = [
         sys.executable, "-m", "groma_ros.node", "--ros-args",
         "--params-file", str(ros_env.REPO_ROOT / "config" / "groma.yaml"),
-        "-p", f"model_path:={model}",
+        *(["-p", f"model_path:={model}"] if model else []),  # rcl rejects an empty override
         "-p", "subscribe_compressed:=true",
         "--log-level", "groma_node:=info",
     ]
