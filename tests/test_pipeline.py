@@ -113,3 +113,14 @@ def test_bench_reports_medians_and_the_prefix_reuse_speedup(official_fixture_dir
     assert result["speedup_prefix_reuse"] == pytest.approx(
         result["ground_recompute_everything_median_ms"] / result["ground_on_encoded_frame_median_ms"], rel=0.02)
     assert "cpu" in result["device"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_keeps_the_proposer_in_float32(official_fixture_dir, scene, dtype):
+    pipe = GromaPipeline.from_pretrained(official_fixture_dir / "checkpoint", dtype=dtype)
+    assert pipe.model.llm.lm_head.weight.dtype == getattr(torch, dtype)
+    assert pipe.model.perceiver.ddetr_transformer.enc_output.weight.dtype == torch.float32
+    assert pipe.model.perceiver.input_proj[0][0].weight.dtype == torch.float32
+    frame = pipe.encode(scene.image)
+    assert frame.regions
+    assert len(pipe.ground(frame, "pick up the blue mug", max_new_tokens=3).token_ids) == 3
