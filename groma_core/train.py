@@ -62,6 +62,7 @@ class TrainSettings:
     stage4_steps: int = 2400
     stage4_lr: float = 6e-4
     region_token_weight: float = 3.0  # stage 4: loss weight of the <rK> answer tokens
+    region_lr_scale: float = 0.1  # region projection learns slower than the from-scratch LLM (keeps stage-1 features)
     lm_batch: int = 8
     lm_lr: float = 1e-3
     max_rounds: int = 3
@@ -291,11 +292,13 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
     peak_lr = settings.stage4_lr if stage == 4 else settings.lm_lr
     region_weight = settings.region_token_weight if stage == 4 else 1.0
     tokens = TokenIds.from_lookup(tokenizer.token_to_id)
-    trainable = [model.region_encoder.roi_align.flatten_linear, model.region_encoder.roi_align.pos_embedd,
-                 model.region_encoder.roi_align.updims, model.img_txt_bridge, model.llm, model.new_input_embs,
-                 model.extra_lm_head]
-    params = [p for m in trainable for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.0)
+    roi = model.region_encoder.roi_align
+    region_params = [p for m in (roi.flatten_linear, roi.pos_embedd) for p in m.parameters()]
+    other_params = [p for m in (roi.updims, model.img_txt_bridge, model.llm, model.new_input_embs, model.extra_lm_head)
+                    for p in m.parameters()]
+    params = region_params + other_params
+    opt = torch.optim.AdamW([{"params": region_params, "lr_scale": settings.region_lr_scale},
+                             {"params": other_params, "lr_scale": 1.0}], lr=peak_lr, weight_decay=0.0)
     path = out / f"stage{stage}.pt"
     step = _load_progress(path, model, opt) if resume else 0
     rng = random.Random(seed * 7919 + stage * 104_729 + step)
