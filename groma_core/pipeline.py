@@ -111,7 +111,7 @@ class GromaPipeline:
 
     max_input_chars = 2000
 
-    def __init__(self, model: GromaModel, tokenizer: GromaTokenizer, *, seed: int = 0) -> None:
+    def __init__(self, model: GromaModel, tokenizer: GromaTokenizer) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokens = TokenIds.from_lookup(tokenizer.token_to_id)
@@ -121,7 +121,6 @@ class GromaPipeline:
             )
         self.device = next(model.llm.parameters()).device
         self.dtype = next(model.llm.parameters()).dtype
-        self.seed = seed
         self._lock = threading.Lock()
         self._prefix_text = prompts.build_prompt([])  # system + fixed first round, ends with "</s>"
 
@@ -225,7 +224,7 @@ class GromaPipeline:
         return stripped
 
     @torch.inference_mode()
-    def _generate(self, context: _RegionContext, frame: Frame, turns, max_new_tokens: int,
+    def _generate(self, context: _RegionContext, turns, max_new_tokens: int,
                   default_phrase: str | None = None) -> Grounding:
         """Greedy decoding after the cached prefix; ``turns`` are the conversation after the first round."""
         t0 = time.perf_counter()
@@ -298,7 +297,7 @@ class GromaPipeline:
             raise GromaInputError("query must be non-empty text")
         with self._lock:
             context = self._context_with_boxes(frame, refer_boxes_xyxy) if refer_boxes_xyxy else frame.context
-            return self._generate(context, frame, [(query, None)], max_new_tokens or MAX_NEW_TOKENS["ground"],
+            return self._generate(context, [(query, None)], max_new_tokens or MAX_NEW_TOKENS["ground"],
                                   default_phrase=default_phrase)
 
     def ground(self, frame: Frame, command: str, max_new_tokens: int | None = None) -> Grounding:
@@ -332,7 +331,7 @@ class GromaPipeline:
         text = self._check_text(message, "message")
         turns = [(prompts.grounding_query(u), a) for u, a in history] + [(prompts.grounding_query(text), None)]
         with self._lock:
-            return self._generate(frame.context, frame, turns, max_new_tokens or MAX_NEW_TOKENS["chat"])
+            return self._generate(frame.context, turns, max_new_tokens or MAX_NEW_TOKENS["chat"])
 
     # -- the original's way, for benchmarks -----------------------------------------------------------
     @torch.inference_mode()
