@@ -66,11 +66,14 @@ class ParityRun:
 
 def run_parity(fixture: str | Path) -> list[Check]:
     """Run every parity check; returns the list (``ok`` False on any mismatch)."""
-    fixture = Path(fixture)
+    with torch.no_grad():
+        return _run_parity(Path(fixture))
+
+
+def _run_parity(fixture: Path) -> list[Check]:
     cases = fixture / "cases"
     ckpt = fixture / "checkpoint"
     run = ParityRun()
-    torch.set_grad_enabled(False)
 
     model = load_model(ckpt)
     tokenizer = GromaTokenizer.from_pretrained(ckpt)

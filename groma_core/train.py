@@ -367,8 +367,12 @@ def _stage_done(path: Path, steps: int) -> bool:
 
 
 def run_training(preset: str, out: str | Path, seed: int = 0, resume: bool = False) -> Path:
+    with torch.enable_grad():  # whatever a caller switched off
+        return _run_training(preset, Path(out), seed, resume)
+
+
+def _run_training(preset: str, out: Path, seed: int, resume: bool) -> Path:
     settings = PRESETS[preset]
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(settings.threads)
     torch.manual_seed(seed)
