@@ -140,20 +140,26 @@ def cmd_convert(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
-    result = run_bench(args.model, device=args.device, dtype=args.dtype, repeats=args.repeats,
-                       command=args.command, seed=args.seed)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:>36}: {value}")
+    _print_result(run_bench(args.model, device=args.device, dtype=args.dtype, repeats=args.repeats,
+                            command=args.command, seed=args.seed), args.json)
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import main as eval_main
+    from .evaluate import evaluate
 
-    return eval_main(args)
+    _print_result(evaluate(_pipeline(args), args.n, args.seed_start, split=args.split), args.json)
+    return 0
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    """A flat result dict as JSON or as aligned ``key: value`` lines."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:>{width}}: {value}")
 
 
 def cmd_train(args) -> int:

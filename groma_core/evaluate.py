@@ -12,7 +12,6 @@ wording split ('eval' mixes phrasings the training data never contains):
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import time
@@ -95,13 +94,3 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
         "torch_threads": torch.get_num_threads(),
     }
 
-
-def main(args) -> int:
-    pipe = GromaPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    result = evaluate(pipe, args.n, args.seed_start, split=args.split)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:>28}: {value}")
-    return 0

@@ -59,6 +59,20 @@ class TokenIds:
     def region_index_token(self, k: int) -> int:
         return self.region_index_first + k
 
+    def substitute_refer_boxes(self, ids: Tensor, region_indices: list[int]) -> Tensor:
+        """A copy of ``ids`` with the i-th ``<refer_box>`` replaced by ``<r{region_indices[i]}>``.
+
+        The original does this (in place) once the user boxes are matched to the selected regions.
+        Raises ValueError when the number of ``<refer_box>`` slots differs from ``len(region_indices)``.
+        """
+        slots = torch.nonzero(ids == self.refer_box).flatten()
+        if len(slots) != len(region_indices):
+            raise ValueError(f"{len(slots)} <refer_box> slots but {len(region_indices)} regions")
+        out = ids.clone()
+        for slot, k in zip(slots.tolist(), region_indices):
+            out[slot] = self.region_index_token(k)
+        return out
+
     def region_index_of(self, token_id: int) -> int | None:
         k = token_id - self.region_index_first
         return k if 0 <= k < NUM_REGION_INDEX_TOKENS else None

@@ -160,10 +160,7 @@ def _check_case(run, case, cases, model, tokenizer, tokens, hidden, prop, fused,
     run.equal(group, "prompt string", prompt, meta["prompt"])
     ids = tokenizer.encode(prompt)
     run.equal(group, "prompt ids", ids, meta["input_ids"])
-    ids_t = torch.tensor(ids)
-    for k in sel.refer_indices:
-        first = torch.nonzero(ids_t == tokens.refer_box).flatten()[0]
-        ids_t[first] = tokens.region_index_token(k)
+    ids_t = tokens.substitute_refer_boxes(torch.tensor(ids), sel.refer_indices)
     run.equal(group, "prompt ids after <refer_box> -> <rK>", ids_t, meta["input_ids_after_generate_prefix"])
     expanded, _ = model.expand_ids(ids_t, len(sel.boxes), tokens)
     run.equal(group, "expanded ids", expanded, ref["llm.expanded_input_ids"][0])

@@ -235,12 +235,10 @@ class GromaPipeline:
             raise RuntimeError("prompt does not start with the cached prefix; tokenizer rules changed?")
         suffix = torch.tensor(ids[len(prefix):], device=self.device)
         refer = context.selection.refer_indices
-        n_refer_slots = int((suffix == self.tokens.refer_box).sum())
-        if n_refer_slots != len(refer):
-            raise GromaInputError(f"the prompt names {n_refer_slots} user regions but {len(refer)} boxes were given")
-        for k in refer:  # each <refer_box> becomes the index token of the region the user box became
-            first = torch.nonzero(suffix == self.tokens.refer_box).flatten()[0]
-            suffix[first] = self.tokens.region_index_token(k)
+        try:  # each <refer_box> becomes the index token of the region its user box became
+            suffix = self.tokens.substitute_refer_boxes(suffix, refer)
+        except ValueError as exc:
+            raise GromaInputError(f"the prompt and the user boxes disagree: {exc}") from exc
         refer_features = context.features[refer] if refer else None
         embeds = self.model.assemble_embeds(suffix, self.tokens, refer_features=refer_features)
         cache = context.prefix_cache

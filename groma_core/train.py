@@ -263,10 +263,8 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
             if turns:
                 break
         ids, lab = prompts.build_training_ids(tokenizer, turns)
-        ids, lab = torch.tensor(ids), torch.tensor(lab)
-        slots = torch.nonzero(ids == tokens.refer_box).flatten().tolist()
-        for slot, k in zip(slots, refer):
-            ids[slot] = tokens.region_index_token(k)
+        ids = tokens.substitute_refer_boxes(torch.tensor(ids), refer)
+        lab = torch.tensor(lab)
         boxes = item.boxes[perm]
         features, _, _ = model.region_encoder.roi_align.project(item.flat[perm].float(), boxes)
         image_tokens = model.img_txt_bridge(item.merged.float())
