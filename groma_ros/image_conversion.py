@@ -10,6 +10,10 @@ Conventions:
 * 16-bit encodings are scaled to 8 bits by ``round(v * 255 / 65535)``: full scale maps to full
   scale, which is right for 16-bit colour/mono cameras.  Depth encodings (``16UC1``, ``32FC1``)
   are not images for the model and are rejected.
+* Depth images (REP 118) have their own pair of functions: ``depth_image_to_metres`` returns an
+  ``(H, W)`` float32 array of metres with NaN where there is no reading, and
+  ``metres_to_depth_image`` writes ``16UC1`` (uint16 millimetres, 0 = no reading) or ``32FC1``
+  (float32 metres).
 * Alpha is dropped (not blended): the model sees the colour the camera measured.
 * ``8UC3``/``8UC4`` are taken as BGR/BGRA, the OpenCV convention the generic encodings come from.
 * ``mono``/Bayer/YUV inputs are expanded to three equal or demosaiced channels.
@@ -37,6 +41,9 @@ __all__ = [
     "compressed_msg_to_rgb",
     "msg_to_rgb",
     "rgb_to_image_msg",
+    "DEPTH_ENCODINGS",
+    "depth_image_to_metres",
+    "metres_to_depth_image",
 ]
 
 # Upper bound on width * height, far above any camera (8K is 33 Mpx), so a corrupt header or a
@@ -269,4 +276,62 @@ def rgb_to_image_msg(rgb: np.ndarray, header: Header | None = None) -> Image:
     msg.is_bigendian = 0
     msg.step = msg.width * 3
     msg.data = np.ascontiguousarray(arr).tobytes()
+    return msg
+
+
+#: REP 118 depth encodings: name -> (numpy dtype char, metres per unit).
+DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"16UC1": ("u2", 0.001), "32FC1": ("f4", 1.0)}
+
+
+def depth_image_to_metres(msg: Image) -> np.ndarray:
+    """A REP 118 depth image -> ``(H, W)`` float32 optical-frame depth in metres.
+
+    ``16UC1`` is millimetres with 0 meaning "no reading" (returned as NaN); ``32FC1`` is metres,
+    NaN/inf passed through (callers treat non-finite and out-of-range values as no reading).
+    Honours ``step`` and ``is_bigendian``.
+
+    Raises:
+        ImageConversionError: another encoding (``mono16`` etc. carry no unit), zero size, or a
+            ``step``/``data`` length mismatch.
+    """
+    encoding = str(msg.encoding).strip()
+    if encoding not in DEPTH_ENCODINGS:
+        raise ImageConversionError(
+            f"depth encoding must be 16UC1 (millimetres) or 32FC1 (metres) per REP 118, got {encoding!r}"
+        )
+    code, scale = DEPTH_ENCODINGS[encoding]
+    width = int(msg.width)
+    rows = _rows(msg, width * int(code[1:]))
+    dtype = np.dtype((">" if msg.is_bigendian else "<") + code)
+    values = np.ascontiguousarray(rows).view(dtype).reshape(int(msg.height), width)
+    if encoding == "16UC1":
+        metres = values.astype(np.float32) * np.float32(scale)
+        metres[values == 0] = np.nan
+        return metres
+    return values.astype(np.float32)
+
+
+def metres_to_depth_image(depth_m: np.ndarray, encoding: str = "32FC1", header: Header | None = None) -> Image:
+    """An ``(H, W)`` array of metres -> a little-endian ``16UC1`` or ``32FC1`` ``sensor_msgs/Image``.
+
+    ``16UC1`` rounds to millimetres and writes 0 (no reading) where the input is not finite or
+    <= 0 (``groma_core.world.depth_to_16uc1_mm``); ``32FC1`` keeps the values as float32.
+    ``header`` is copied as is.
+    """
+    from groma_core.world import depth_to_16uc1_mm, depth_to_32fc1_m
+
+    arr = np.asarray(depth_m)
+    if arr.ndim != 2:
+        raise ImageConversionError(f"expected an (H, W) depth array, got shape {arr.shape}")
+    if encoding == "16UC1":
+        values = depth_to_16uc1_mm(arr).astype("<u2")
+    elif encoding == "32FC1":
+        values = depth_to_32fc1_m(arr).astype("<f4")
+    else:
+        raise ImageConversionError(f"depth encoding must be 16UC1 or 32FC1, got {encoding!r}")
+    msg = Image(height=int(arr.shape[0]), width=int(arr.shape[1]), encoding=encoding, is_bigendian=0)
+    if header is not None:
+        msg.header = header
+    msg.step = msg.width * values.dtype.itemsize
+    msg.data = np.ascontiguousarray(values).tobytes()
     return msg
