@@ -1,13 +1,16 @@
 """``fake_camera``: publishes synthetic tabletop scenes (``groma_core.world``) like an RGB-D camera.
 
 Topics (relative): ``image`` (sensor_msgs/Image, rgb8), and with ``publish_depth``:
-``depth`` (32FC1, metres, optical z) and ``camera_info`` (sensor_msgs/CameraInfo, plumb_bob,
-no distortion).  All three share one header per frame: ``frame_id`` (default
-``camera_color_optical_frame``) and the current time as stamp.
+``depth`` (optical z, registered to the colour image: same size, pixels and intrinsics; encoding
+``depth_encoding``: ``32FC1`` metres or ``16UC1`` millimetres, REP 118) and ``camera_info``
+(sensor_msgs/CameraInfo, plumb_bob, no distortion).  All three share one header per frame:
+``frame_id`` (default ``camera_color_optical_frame``, the optical frame of both images) and the
+current time as stamp, so a consumer matches them exactly.
 
 Parameters: ``seed`` (first scene), ``rate`` (Hz), ``width``, ``height``, ``change_every``
 (render scene ``seed + 1``, ``seed + 2``... every N frames; 0 = one scene forever),
-``frame_id``, ``publish_depth``, ``reliability`` (``reliable`` matches every subscriber).
+``frame_id``, ``publish_depth``, ``depth_encoding``, ``reliability`` (``reliable`` matches every
+subscriber).
 
 A scene is rendered once and re-published with fresh stamps, so the rate does not depend on
 rendering speed.
@@ -18,7 +21,6 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
-import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -28,9 +30,9 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from groma_core.world import Scene, render_scene
-from groma_ros.image_conversion import rgb_to_image_msg
+from groma_ros.image_conversion import DEPTH_ENCODINGS, metres_to_depth_image, rgb_to_image_msg
 
-__all__ = ["FakeCamera", "camera_info_msg", "depth_msg", "main"]
+__all__ = ["FakeCamera", "camera_info_msg", "main"]
 
 
 def camera_info_msg(scene: Scene, header: Header) -> CameraInfo:
@@ -42,15 +44,6 @@ def camera_info_msg(scene: Scene, header: Header) -> CameraInfo:
     info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     info.p = [k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
     return info
-
-
-def depth_msg(depth_m: np.ndarray, header: Header) -> Image:
-    """``32FC1`` depth image (metres, little-endian) of an ``(H, W)`` float array."""
-    depth = np.ascontiguousarray(depth_m, dtype="<f4")
-    msg = Image(header=header, height=depth.shape[0], width=depth.shape[1], encoding="32FC1", is_bigendian=0)
-    msg.step = msg.width * 4
-    msg.data = depth.tobytes()
-    return msg
 
 
 class FakeCamera(Node):
@@ -69,15 +62,20 @@ class FakeCamera(Node):
         self.declare_parameter("height", 480, d(description="Image height in pixels.", integer_range=[IntegerRange(from_value=16, to_value=8192, step=1)]))
         self.declare_parameter("change_every", 0, d(description="New scene (next seed) every N frames; 0 = never."))
         self.declare_parameter("frame_id", "camera_color_optical_frame", d(description="header.frame_id of every message."))
-        self.declare_parameter("publish_depth", False, d(description="Also publish 'depth' (32FC1, metres) and 'camera_info'."))
+        self.declare_parameter("publish_depth", False, d(description="Also publish 'depth' and 'camera_info'."))
+        self.declare_parameter(
+            "depth_encoding", "32FC1", d(description="Encoding of 'depth' (REP 118): 32FC1 (metres) or 16UC1 (millimetres).")
+        )
         self.declare_parameter(
             "reliability", "reliable", d(description="QoS reliability of the publishers: reliable or best_effort.")
         )
-        p = {n: self.get_parameter(n).value for n in ("seed", "rate", "width", "height", "change_every", "frame_id", "publish_depth", "reliability")}
+        p = {n: self.get_parameter(n).value for n in ("seed", "rate", "width", "height", "change_every", "frame_id", "publish_depth", "depth_encoding", "reliability")}
         self._p = p
         policies = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
         if p["reliability"] not in policies:
             raise ValueError(f"reliability must be one of {sorted(policies)}, got {p['reliability']!r}")
+        if p["depth_encoding"] not in DEPTH_ENCODINGS:
+            raise ValueError(f"depth_encoding must be one of {sorted(DEPTH_ENCODINGS)}, got {p['depth_encoding']!r}")
         reliability = policies[p["reliability"]]
         qos = QoSProfile(depth=1, reliability=reliability)
         self._pub_image = self.create_publisher(Image, "image", qos)
@@ -96,7 +94,9 @@ class FakeCamera(Node):
         scene = render_scene(seed, width=int(self._p["width"]), height=int(self._p["height"]))
         # Build the payloads once per scene; each frame only gets a fresh header.
         self._image_msg = rgb_to_image_msg(scene.image)
-        self._depth_msg = depth_msg(scene.depth_m, Header()) if self._p["publish_depth"] else None
+        self._depth_msg = (
+            metres_to_depth_image(scene.depth_m, self._p["depth_encoding"]) if self._p["publish_depth"] else None
+        )
         self._info_msg = camera_info_msg(scene, Header()) if self._p["publish_depth"] else None
         return scene
 

@@ -3,9 +3,12 @@
 Topics are relative, so a namespace or remaps place them (see ``DESIGN.md``):
 
 * in: ``image`` (sensor_msgs/Image), ``image/compressed`` (CompressedImage, when
-  ``subscribe_compressed``), ``command`` (std_msgs/String)
+  ``subscribe_compressed``), ``command`` (std_msgs/String); with ``use_depth``: ``depth``
+  (sensor_msgs/Image, 16UC1 mm or 32FC1 m, registered to the colour image) and ``camera_info``
+  (its sensor_msgs/CameraInfo), names set by ``depth_topic``/``camera_info_topic``
 * out: ``detections`` (vision_msgs/Detection2DArray), ``grounding`` (groma_ros/GroundingResult),
-  ``annotated_image`` (sensor_msgs/Image, rgb8)
+  ``annotated_image`` (sensor_msgs/Image, rgb8); with ``use_depth``: ``detections_3d``
+  (vision_msgs/Detection3DArray) and ``markers`` (visualization_msgs/MarkerArray)
 * service: ``~/ground`` (groma_ros/Ground)
 
 Lifecycle: *configure* loads the model; *activate* creates subscriptions, publishers, the service
@@ -18,6 +21,13 @@ Threading: image callbacks only store the latest message (KEEP_LAST 1).  Command
 FIFO queue that a single worker thread drains, so commands run in arrival order, never inside
 an image callback, and an image flood cannot delay them beyond the model's own time.  The
 callbacks sit in separate callback groups of a MultiThreadedExecutor.
+
+3D: depth and camera_info callbacks only store the message in a small stamp-indexed buffer
+(``groma_ros.spatial.StampBuffer``).  For each grounded command the worker takes the depth image
+whose stamp is nearest the colour image's (within ``depth_max_stamp_diff``, waiting up to
+``depth_wait`` for one still on its way), the camera_info nearest that depth image, and localises
+every detection (``groma_ros.depth3d``).  Missing or unusable inputs never fail the command: the
+result's ``depth_status`` and per-detection ``detections_3d_status`` say what is missing.
 """
 
 from __future__ import annotations
@@ -39,13 +49,25 @@ from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
-from vision_msgs.msg import BoundingBox2D, Detection2DArray
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header, String
+from vision_msgs.msg import BoundingBox2D, Detection2DArray, Detection3DArray
+from visualization_msgs.msg import MarkerArray
 
 from groma_core.errors import GromaInputError
 from groma_core.annotate import annotate
 from groma_ros.conversions import bbox2d_to_xyxy, duration_msg, fill_result
+from groma_ros.depth3d import Params as DepthParams
+from groma_ros.depth3d import Status as DepthStatus
+from groma_ros.spatial import (
+    Spatial,
+    StampBuffer,
+    apply_to_result,
+    localize_detections,
+    marker_array,
+    stamp_ns,
+    unavailable,
+)
 from groma_ros.image_conversion import ImageConversionError, msg_to_rgb, rgb_to_image_msg
 from groma_ros.msg import GroundingResult
 from groma_ros.srv import Ground
@@ -131,6 +153,75 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "publish_annotated_image": (
         True,
         _describe("Publish the image with boxes and phrases on 'annotated_image' (drawn only when subscribed). Live."),
+    ),
+    "use_depth": (
+        True,
+        _describe(
+            "Subscribe the depth image and camera_info and add 3D to every result (GroundingResult "
+            "3D fields, 'detections_3d', 'markers'). Applied at activate."
+        ),
+    ),
+    "depth_topic": (
+        "depth",
+        _describe(
+            "Depth image topic (sensor_msgs/Image, 16UC1 millimetres or 32FC1 metres, registered to "
+            "the colour image); relative names follow the namespace. Applied at activate."
+        ),
+    ),
+    "camera_info_topic": (
+        "camera_info",
+        _describe("sensor_msgs/CameraInfo of the depth image. Applied at activate."),
+    ),
+    "depth_max_stamp_diff": (
+        0.05,
+        _describe(
+            "Largest stamp difference (seconds) between the colour image and its depth image, and "
+            "between the depth image and its camera_info. Live.",
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=10.0)],
+        ),
+    ),
+    "depth_wait": (
+        0.2,
+        _describe(
+            "Seconds a command waits for a matching depth image or camera_info that has not arrived "
+            "yet (only while one still can). Live.",
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=5.0)],
+        ),
+    ),
+    "depth_buffer_size": (
+        10,
+        _describe(
+            "Recent depth images and camera_infos kept for stamp matching. Applied at activate.",
+            integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)],
+        ),
+    ),
+    "depth_range_min": (
+        0.1,
+        _describe(
+            "Depth readings nearer than this (metres) count as no reading. Live.",
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1000.0)],
+        ),
+    ),
+    "depth_range_max": (
+        10.0,
+        _describe(
+            "Depth readings farther than this (metres) count as no reading. Live.",
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1000.0)],
+        ),
+    ),
+    "publish_markers": (
+        True,
+        _describe(
+            "Publish visualization_msgs/MarkerArray on 'markers' with use_depth: a DELETEALL, then a "
+            "cube and a label per 3D target. Live."
+        ),
+    ),
+    "marker_lifetime": (
+        10.0,
+        _describe(
+            "Lifetime of the markers in seconds; 0 = until the next command's DELETEALL. Live.",
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0)],
+        ),
     ),
     "max_queue": (
         100,
@@ -226,6 +317,10 @@ class GromaNode(LifecycleNode):
         self._input_subs: list[Any] = []
         self._ground_srv = None
         self._pub_grounding = self._pub_detections = self._pub_annotated = None
+        self._pub_detections_3d = self._pub_markers = None
+        self._depth_buffer = StampBuffer(int(self._param("depth_buffer_size")))
+        self._info_buffer = StampBuffer(int(self._param("depth_buffer_size")))
+        self._depth_active = False  # use_depth as applied at the last activation
         self._warn_timer = None
         self._activated_at = time.monotonic()
         self._image_qos_name = str(self._param("image_reliability"))
@@ -245,7 +340,20 @@ class GromaNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=f"dtype must be one of {_DTYPES}, got {p.value!r}")
             if p.name == "device" and not str(p.value).strip():
                 return SetParametersResult(successful=False, reason="device must not be empty")
+            if p.name in ("depth_topic", "camera_info_topic") and not str(p.value).strip():
+                return SetParametersResult(successful=False, reason=f"{p.name} must not be empty")
+        new = {p.name: p.value for p in params}
+        if "depth_range_min" in new or "depth_range_max" in new:
+            lo = new.get("depth_range_min", self._param_or_default("depth_range_min"))
+            hi = new.get("depth_range_max", self._param_or_default("depth_range_max"))
+            if not lo < hi:
+                return SetParametersResult(
+                    successful=False, reason=f"depth_range_min ({lo}) must be less than depth_range_max ({hi})"
+                )
         return SetParametersResult(successful=True)
+
+    def _param_or_default(self, name: str) -> Any:
+        return self._param(name) if self.has_parameter(name) else PARAMETERS[name][0]
 
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
@@ -289,6 +397,11 @@ class GromaNode(LifecycleNode):
         self._pub_detections = self.create_publisher(Detection2DArray, "detections", results)
         self._pub_annotated = self.create_publisher(Image, "annotated_image", QoSProfile(depth=1))
         self._output_pubs = [self._pub_grounding, self._pub_detections, self._pub_annotated]
+        self._depth_active = bool(self._param("use_depth"))
+        if self._depth_active:
+            self._pub_detections_3d = self.create_publisher(Detection3DArray, "detections_3d", results)
+            self._pub_markers = self.create_publisher(MarkerArray, "markers", QoSProfile(depth=10))
+            self._output_pubs += [self._pub_detections_3d, self._pub_markers]
 
         reliability = self._param("image_reliability")
         image_qos = QoSProfile(
@@ -305,6 +418,20 @@ class GromaNode(LifecycleNode):
             self.create_subscription(kind, topic, self._on_image, image_qos, callback_group=self._image_group)
             for kind, topic in topics
         ]
+        if self._depth_active:
+            size = int(self._param("depth_buffer_size"))
+            self._depth_buffer, self._info_buffer = StampBuffer(size), StampBuffer(size)
+            depth_qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=size, reliability=_RELIABILITY[reliability],
+                durability=DurabilityPolicy.VOLATILE,
+            )
+            for kind, topic, buffer in (
+                (Image, self._param("depth_topic"), self._depth_buffer),
+                (CameraInfo, self._param("camera_info_topic"), self._info_buffer),
+            ):
+                self._input_subs.append(
+                    self.create_subscription(kind, topic, buffer.add, depth_qos, callback_group=self._image_group)
+                )
         self._input_subs.append(
             self.create_subscription(
                 String,
@@ -321,9 +448,15 @@ class GromaNode(LifecycleNode):
             self._warn_timer = self.create_timer(delay, self._warn_no_image)
         self._worker = threading.Thread(target=self._work, name="groma_worker", daemon=True)
         self._worker.start()
+        depth_note = (
+            f", depth on '{self.resolve_topic_name(self._param('depth_topic'))}' and "
+            f"'{self.resolve_topic_name(self._param('camera_info_topic'))}'"
+            if self._depth_active
+            else ", 3D off"
+        )
         self.get_logger().info(
             f"active: image on '{self.resolve_topic_name('image')}' ({reliability}), "
-            f"commands on '{self.resolve_topic_name('command')}'"
+            f"commands on '{self.resolve_topic_name('command')}'{depth_note}"
         )
         return super().on_activate(state)
 
@@ -343,6 +476,9 @@ class GromaNode(LifecycleNode):
             self.destroy_publisher(pub)
         self._input_subs, self._ground_srv, self._output_pubs = [], None, []
         self._pub_grounding = self._pub_detections = self._pub_annotated = None
+        self._pub_detections_3d = self._pub_markers = None
+        self._depth_buffer.clear()
+        self._info_buffer.clear()
         with self._lock:
             self._latest = None
         self._cache = None
@@ -532,8 +668,29 @@ class GromaNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - a model failure is a result, not a crash
             return self._model_failure("grounding the command", exc)
         fill_result(result, grounding, msg.header)
+        apply_to_result(result, self._localize(result, msg.header, (rgb.shape[1], rgb.shape[0])))
         self._publish_outputs(result, rgb)
         return result.status, result.status_message
+
+    def _localize(self, result: GroundingResult, header: Header, image_size: tuple[int, int]) -> Spatial:
+        """The 3D part of ``result``: match depth and camera_info to the image stamp, localise."""
+        detections = result.detections
+        if not self._depth_active:
+            return unavailable(detections, DepthStatus.DISABLED, "3D is off (use_depth was false at activation)")
+        tolerance = int(float(self._param("depth_max_stamp_diff")) * 1e9)
+        wait = float(self._param("depth_wait"))
+        depth, why = self._depth_buffer.match(stamp_ns(header), tolerance, wait)
+        if depth is None:
+            topic = self.resolve_topic_name(self._param("depth_topic"))
+            return unavailable(detections, DepthStatus.NO_DEPTH, f"no depth image on '{topic}' for this image: {why}")
+        info, why = self._info_buffer.match(stamp_ns(depth.header), tolerance, wait)
+        if info is None:
+            topic = self.resolve_topic_name(self._param("camera_info_topic"))
+            return unavailable(
+                detections, DepthStatus.NO_CAMERA_INFO, f"no camera_info on '{topic}' for the depth image: {why}"
+            )
+        params = DepthParams(range_min=float(self._param("depth_range_min")), range_max=float(self._param("depth_range_max")))
+        return localize_detections(detections, header, image_size, depth, info, params)
 
     def _model_failure(self, stage: str, exc: BaseException) -> tuple[int, str]:
         self.get_logger().error(f"model failed while {stage}:\n{''.join(traceback.format_exception(exc))}")
@@ -559,6 +716,18 @@ class GromaNode(LifecycleNode):
         with self._publish_lock:
             if self._pub_detections is not None and self._param("publish_detections"):
                 self._pub_detections.publish(result.detections)
+            if self._pub_detections_3d is not None and result.depth_status == DepthStatus.OK:
+                self._pub_detections_3d.publish(result.detections_3d)
+            if self._pub_markers is not None and self._param("publish_markers"):
+                # Every grounded command replaces the markers, so a command without 3D targets
+                # clears the last one's (the DELETEALL needs a frame: the image's will do).
+                header = Header(
+                    stamp=result.header.stamp, frame_id=result.detections_3d.header.frame_id or result.header.frame_id
+                )
+                colours = {p.text: i for i, p in enumerate(result.phrases)}
+                self._pub_markers.publish(
+                    marker_array(result.detections_3d, header, float(self._param("marker_lifetime")), colours)
+                )
         pub = self._pub_annotated
         # Drawing costs tens of ms per frame: only when enabled and someone is looking.
         if pub is None or not self._param("publish_annotated_image") or pub.get_subscription_count() == 0:

@@ -8,7 +8,10 @@ Launch arguments:
   model_path   Groma model directory; when given it overrides the params file
                (default: empty = what the params file says, i.e. the embedded model)
   device       torch device; when given it overrides the params file
-  fake_camera  "true" to also start the synthetic fake camera publishing on image_topic
+  depth_topic  depth image topic of the node (sets its ``depth_topic``; default: the params file's)
+  camera_info_topic  the depth image's camera_info topic (sets ``camera_info_topic``; default: ditto)
+  fake_camera  "true" to also start the synthetic fake camera publishing on image_topic (with
+               depth and camera_info on the node's depth topics)
 
 Without a ROS installation (``launch`` is not on PyPI) run the same node as
 ``groma_node --ros-args --params-file config/groma.yaml -r image:=/camera/image_raw``.
@@ -24,8 +27,9 @@ from launch_ros.substitutions import FindPackageShare
 def _nodes(context, *args, **kwargs):
     """Build the nodes once the launch arguments are known (overrides only when given)."""
     arg = {name: LaunchConfiguration(name).perform(context) for name in
-           ("namespace", "image_topic", "params_file", "model_path", "device", "fake_camera")}
-    overrides = {name: arg[name] for name in ("model_path", "device") if arg[name]}
+           ("namespace", "image_topic", "params_file", "model_path", "device", "fake_camera",
+            "depth_topic", "camera_info_topic")}
+    overrides = {name: arg[name] for name in ("model_path", "device", "depth_topic", "camera_info_topic") if arg[name]}
     image = arg["image_topic"]
     nodes = [
         Node(
@@ -46,7 +50,10 @@ def _nodes(context, *args, **kwargs):
                 executable="fake_camera",
                 name="fake_camera",
                 namespace=arg["namespace"],
-                remappings=[("image", image)],
+                parameters=[{"publish_depth": True}],
+                remappings=[("image", image)]
+                + [(topic, arg[name]) for topic, name in (("depth", "depth_topic"), ("camera_info", "camera_info_topic"))
+                   if arg[name]],
                 output="screen",
             )
         )
@@ -63,6 +70,10 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("params_file", default_value=default_params, description="parameters YAML"),
             DeclareLaunchArgument("model_path", default_value="", description="model directory (overrides params)"),
             DeclareLaunchArgument("device", default_value="", description="torch device (overrides params)"),
+            DeclareLaunchArgument("depth_topic", default_value="", description="depth image topic (overrides params)"),
+            DeclareLaunchArgument(
+                "camera_info_topic", default_value="", description="depth camera_info topic (overrides params)"
+            ),
             DeclareLaunchArgument("fake_camera", default_value="false", description="also start the fake camera"),
             OpaqueFunction(function=_nodes),
         ]

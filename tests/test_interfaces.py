@@ -34,7 +34,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
 import vision_msgs.msg as vm
-from groma_ros.msg import GroundedPhrase, GroundingResult
+from groma_ros.msg import Detection3DStatus, GroundedPhrase, GroundingResult
 from groma_ros.srv import Ground
 
 import ros_env
@@ -92,6 +92,16 @@ def sample_detections() -> vm.Detection2DArray:
         detections=[_detection(0, "the blue mug"), _detection(1, "the red bowl")])
 
 
+def sample_detections_3d() -> vm.Detection3DArray:
+    header = Header(stamp=_header().stamp, frame_id="camera_depth_optical")
+    det = vm.Detection3D(header=header, id="7/0")
+    det.bbox.center.position.x, det.bbox.center.position.y, det.bbox.center.position.z = 0.11, -0.25, 0.8
+    det.bbox.center.orientation.w = 1.0
+    det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = 0.085, 0.1, 0.07
+    det.results = [vm.ObjectHypothesisWithPose(hypothesis=vm.ObjectHypothesis(class_id="the blue mug", score=0.5))]
+    return vm.Detection3DArray(header=header, detections=[det])
+
+
 def sample_grounding() -> GroundingResult:
     answer = "Picking up the blue mug next to the red bowl."
     phrases = []
@@ -107,7 +117,14 @@ def sample_grounding() -> GroundingResult:
         phrases=phrases, detections=sample_detections(),
         status=GroundingResult.STATUS_OK, status_message="",
         latency=Duration(sec=0, nanosec=250_000_000),
-        frame_age=Duration(sec=0, nanosec=40_000_000))
+        frame_age=Duration(sec=0, nanosec=40_000_000),
+        depth_status=Detection3DStatus.STATUS_OK, depth_status_message="depth 640x480 32FC1: 1 of 2 localised",
+        detections_3d=sample_detections_3d(),
+        detections_3d_status=[
+            Detection3DStatus(detection_id="7/0", status=Detection3DStatus.STATUS_OK, message="ok"),
+            Detection3DStatus(detection_id="7/1", status=Detection3DStatus.STATUS_NO_VALID_DEPTH,
+                              message="no valid depth in the box"),
+        ])
 
 
 # --- (a) import and round trip ------------------------------------------------
@@ -116,6 +133,9 @@ def test_interfaces_import_and_constants() -> None:
     for name in VISION_MSGS_TYPES:
         assert hasattr(vm, name), name
     assert GroundingResult.STATUS_ERROR == 5
+    # 0 is the default of a fresh result: "no 3D attempted"
+    assert (Detection3DStatus.STATUS_NOT_RUN, Detection3DStatus.STATUS_OK, Detection3DStatus.STATUS_TOO_FEW_VALID) == (0, 1, 9)
+    assert GroundingResult().depth_status == Detection3DStatus.STATUS_NOT_RUN
     result = sample_grounding()
     for phrase in result.phrases:
         assert result.answer[phrase.start:phrase.end] == phrase.text
