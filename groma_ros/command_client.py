@@ -32,7 +32,8 @@ from vision_msgs.msg import Detection2DArray
 
 from groma_ros.conversions import boxes_of, status_name, xyxy_to_bbox2d
 from groma_ros.image_conversion import image_msg_to_rgb, rgb_to_image_msg
-from groma_ros.msg import GroundingResult
+from groma_ros.msg import Detection3DStatus, GroundingResult
+from groma_ros.spatial import status_3d_name, targets_3d
 from groma_ros.srv import Ground
 
 __all__ = ["CommandClient", "Reply", "format_result", "main"]
@@ -175,12 +176,24 @@ def format_result(result: GroundingResult) -> str:
         f"image:  frame_id={result.header.frame_id!r} stamp={result.header.stamp.sec}.{result.header.stamp.nanosec:09d} "
         f"age={age:.3f} s; latency={lat:.3f} s",
     ]
+    if result.depth_status != Detection3DStatus.STATUS_NOT_RUN:
+        lines.append(f"3d:     {status_3d_name(result.depth_status)} ({result.depth_status_message})")
     boxes = {det_id: (cls, score, xyxy) for det_id, cls, score, xyxy in boxes_of(result)}
+    spatial = targets_3d(result)
     for phrase in result.phrases:
         lines.append(f"  phrase {phrase.text!r} [{phrase.start}:{phrase.end}]")
         for det_id in phrase.detection_ids:
             cls, score, (x1, y1, x2, y2) = boxes[det_id]
             lines.append(f"    detection {det_id}: box=({x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}) score={score:.3f}")
+            target = spatial.get(det_id)
+            if target is not None and target.center is not None:
+                (x, y, z), (sx, sy, sz) = target.center, target.size
+                lines.append(
+                    f"      3d centre=({x:.3f}, {y:.3f}, {z:.3f}) m size=({sx:.3f}, {sy:.3f}, {sz:.3f}) m "
+                    f"in {target.frame_id!r}"
+                )
+            elif target is not None and target.status not in ("OK", "NOT_RUN"):
+                lines.append(f"      3d {target.status}: {target.message}")
     return "\n".join(lines)
 
 

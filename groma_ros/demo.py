@@ -3,8 +3,10 @@
 Starts the fake camera and the node as separate processes (as ``ros2 launch`` would) on a
 private ROS domain with localhost-only discovery and the large-message DDS profile, waits until
 the node is active, sends "pick up the blue mug", prints the detection and the grounded text,
-compares the box with the scene's ground truth, writes the annotated image to a PNG, and shuts
-everything down.  Exit status 0 when the command was grounded (status OK), 1 otherwise.
+compares the box with the scene's ground truth, prints the target's 3D position (the camera also
+publishes depth and camera_info) next to the true centre of its visible surface, writes the
+annotated image to a PNG, and shuts everything down.  Exit status 0 when the command was
+grounded (status OK), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, help="scene seed (default: a scene with exactly one blue mug)")
     parser.add_argument("--model", default="", help="model directory (default: the embedded groma-tiny)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--depth-encoding", choices=("32FC1", "16UC1"), default="32FC1", help="the camera's depth encoding")
     parser.add_argument("--out", type=Path, default=Path("demo_annotated.png"), help="annotated image PNG")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds for start-up and for the result")
     args = parser.parse_args(argv)
@@ -91,7 +94,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix="groma_demo_"))
     python = [sys.executable, "-m"]
     commands = {
-        "fake_camera": python + ["groma_ros.fake_camera", "--ros-args", "-p", f"seed:={seed}", "-p", "rate:=10.0"],
+        "fake_camera": python + [
+            "groma_ros.fake_camera", "--ros-args", "-p", f"seed:={seed}", "-p", "rate:=10.0",
+            "-p", "publish_depth:=true", "-p", f"depth_encoding:={args.depth_encoding}",
+        ],
         "groma_node": python + [
             "groma_ros.node", "--ros-args", "--params-file", str(find_config("groma.yaml")),
             "-p", f"device:={args.device}",
@@ -105,6 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from groma_ros.command_client import CommandClient, format_result
     from groma_ros.conversions import boxes_of
     from groma_ros.msg import GroundingResult
+    from groma_ros.spatial import targets_3d
 
     client = None
     ok = False
@@ -139,9 +146,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         from groma_core.world import render_scene
 
         truth = [o for o in render_scene(seed).objects if f"{o.color} {o.kind}" in args.command]
+        spatial = targets_3d(result)
         for det_id, phrase, score, box in boxes_of(result):
+            target = spatial.get(det_id)
             for obj in truth:
                 print(f"{det_id} {phrase!r}: IoU with the true {obj.color} {obj.kind} = {box_iou(box, obj.box_xyxy):.2f}")
+                if target is not None and target.center is not None:
+                    error = sum((a - b) ** 2 for a, b in zip(target.center, obj.visible_surface_center_3d)) ** 0.5
+                    print(
+                        f"{det_id} {phrase!r}: 3D position {_xyz(target.center)} m in {target.frame_id!r}; "
+                        f"true {obj.color} {obj.kind} visible-surface centre {_xyz(obj.visible_surface_center_3d)} m, "
+                        f"error {100 * error:.1f} cm"
+                    )
+            if target is not None and target.center is None:
+                print(f"{det_id} {phrase!r}: no 3D position ({target.status}: {target.message})")
         if reply.annotated is not None:
             from PIL import Image as PILImage
 
@@ -165,6 +183,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             shutil.rmtree(logs, ignore_errors=True)
         else:
             print(f"process logs kept in {logs}", file=sys.stderr)
+
+
+def _xyz(point: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in point) + ")"
 
 
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

@@ -47,6 +47,9 @@ __all__ = [
     "localize_detections",
     "apply_to_result",
     "marker_array",
+    "Target3D",
+    "targets_3d",
+    "status_3d_name",
 ]
 
 #: Smallest edge of a marker cube (m), so a flat or one-pixel estimate stays visible in RViz.
@@ -72,6 +75,7 @@ class StampBuffer:
         self._items: deque[Any] = deque(maxlen=max(1, int(size)))
         self._cond = threading.Condition()
         self.received = 0  # messages ever added
+        self._last_added = -float("inf")  # time.monotonic() of the last add
 
     def resize(self, size: int) -> None:
         """Keep at most ``size`` (>= 1) messages from now on (the newest ones)."""
@@ -83,6 +87,7 @@ class StampBuffer:
         with self._cond:
             self._items.append(msg)
             self.received += 1
+            self._last_added = time.monotonic()
             self._cond.notify_all()
 
     def clear(self) -> None:
@@ -102,13 +107,16 @@ class StampBuffer:
                 best, best_diff = msg, diff
         return best, best_diff
 
-    def match(self, stamp: int, tolerance_ns: int, wait_s: float = 0.0) -> tuple[Optional[Any], str]:
+    def match(
+        self, stamp: int, tolerance_ns: int, wait_s: float = 0.0, live_s: float = 1.0
+    ) -> tuple[Optional[Any], str]:
         """The buffered message nearest to ``stamp`` (ns) if within ``tolerance_ns``.
 
         With ``wait_s`` > 0 and no match yet, waits up to that long for one, but only while a
-        match can still come: something was received and nothing newer than ``stamp +
-        tolerance_ns`` is buffered. Returns ``(message, "")`` or ``(None, reason)`` where the
-        reason says what was buffered (nothing, or the nearest stamp difference).
+        match can still come: the stream is live (a message was added in the last ``live_s``
+        seconds) and nothing newer than ``stamp + tolerance_ns`` is buffered. Returns
+        ``(message, "")`` or ``(None, reason)`` where the reason says what was buffered
+        (nothing, or the nearest stamp difference).
         """
         end = time.monotonic() + max(0.0, wait_s)
         with self._cond:
@@ -117,7 +125,8 @@ class StampBuffer:
                 if msg is not None and diff <= tolerance_ns:
                     return msg, ""
                 newest = max((stamp_ns(m.header) for m in self._items), default=None)
-                can_come = newest is not None and newest <= stamp + tolerance_ns
+                live = time.monotonic() - self._last_added < live_s
+                can_come = live and newest is not None and newest <= stamp + tolerance_ns
                 remaining = end - time.monotonic()
                 if not can_come or remaining <= 0:
                     break
@@ -267,3 +276,39 @@ def marker_array(
         text.text = f"{label} {score:.2f}, {centre.z:.2f} m"
         markers += [cube, text]
     return MarkerArray(markers=markers)
+
+
+def status_3d_name(status: int) -> str:
+    """``Detection3DStatus.STATUS_*`` value -> its name without the prefix, e.g. ``"NO_DEPTH"``."""
+    try:
+        return Status(status).name
+    except ValueError:
+        return f"UNKNOWN({status})"
+
+
+@dataclass
+class Target3D:
+    """The 3D outcome of one detection of a result, for clients: ``status`` is the
+    ``Detection3DStatus`` name without prefix (``"OK"``, ``"NO_DEPTH"``...); ``center``/``size``
+    (metres, in ``frame_id``) only when OK."""
+
+    detection_id: str
+    status: str
+    message: str
+    frame_id: str = ""
+    center: Optional[tuple[float, float, float]] = None
+    size: Optional[tuple[float, float, float]] = None
+
+
+def targets_3d(result: GroundingResult) -> dict[str, Target3D]:
+    """Detection id -> :class:`Target3D` for every detection of ``result`` (in detection order)."""
+    boxes = {d.id: d for d in result.detections_3d.detections}
+    out: dict[str, Target3D] = {}
+    for s in result.detections_3d_status:
+        target = Target3D(s.detection_id, status_3d_name(s.status), s.message, result.detections_3d.header.frame_id)
+        det = boxes.get(s.detection_id)
+        if s.status == Status.OK and det is not None:
+            p, size = det.bbox.center.position, det.bbox.size
+            target.center, target.size = (p.x, p.y, p.z), (size.x, size.y, size.z)
+        out[s.detection_id] = target
+    return out

@@ -3,7 +3,9 @@
 One node process serves the whole module (model loading dominates the cost). The test process
 plays camera and client: it publishes synthetic scenes (``groma_core.world``) on ``image`` and
 ``image/compressed``, commands on ``command``, calls ``groma_node/ground``, and checks
-``detections``/``grounding`` against the scene's ground truth.
+``detections``/``grounding`` against the scene's ground truth; for 3D it also publishes the
+scene's depth (both REP 118 encodings) and camera_info and checks ``detections_3d`` and
+``markers`` against the true 3D centre of the target's visible surface.
 
 Model: ``GROMA_TEST_MODEL_PATH`` if set, else the embedded groma-tiny (skipped, with the reason,
 while its weights are not installed).
@@ -31,16 +33,19 @@ import rclpy  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
-from vision_msgs.msg import Detection2DArray  # noqa: E402
+from vision_msgs.msg import Detection2DArray, Detection3DArray  # noqa: E402
+from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 import ros_env  # noqa: E402
 from groma_core.world import Scene, render_scene  # noqa: E402
 from groma_ros.conversions import bbox2d_to_xyxy, xyxy_to_bbox2d  # noqa: E402
 from groma_ros.demo import box_iou as iou  # noqa: E402
-from groma_ros.image_conversion import rgb_to_image_msg  # noqa: E402
-from groma_ros.msg import GroundingResult  # noqa: E402
+from groma_ros.fake_camera import camera_info_msg  # noqa: E402
+from groma_ros.image_conversion import metres_to_depth_image, rgb_to_image_msg  # noqa: E402
+from groma_ros.msg import Detection3DStatus, GroundingResult  # noqa: E402
+from groma_ros.spatial import targets_3d  # noqa: E402
 from groma_ros.srv import Ground  # noqa: E402
 
 S = GroundingResult
@@ -97,6 +102,13 @@ class Peer:
             CompressedImage, "image/compressed", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         )
         self.pub_command = self.node.create_publisher(String, "command", QOS)
+        reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_depth = self.node.create_publisher(Image, "depth", reliable)
+        self.pub_info = self.node.create_publisher(CameraInfo, "camera_info", reliable)
+        self.detections_3d: list[Detection3DArray] = []
+        self.markers: list[MarkerArray] = []
+        self.node.create_subscription(Detection3DArray, "detections_3d", self.detections_3d.append, QOS)
+        self.node.create_subscription(MarkerArray, "markers", self.markers.append, QoSProfile(depth=10))
         self.results: list[GroundingResult] = []
         self.detections: list[Detection2DArray] = []
         self.annotated: list[Image] = []
@@ -127,14 +139,21 @@ class Peer:
         """Results received after the first ``seen`` whose command is ``text`` (or starts with it)."""
         return [r for r in self.results[seen:] if (r.command.startswith(text) if prefix else r.command == text)]
 
-    def command_on(self, image: Image | CompressedImage, text: str) -> GroundingResult:
+    def command_on(
+        self, image: Image | CompressedImage, text: str, depth: Optional[Image] = None, info: Optional[CameraInfo] = None
+    ) -> GroundingResult:
         """Make ``image`` the node's latest frame, then send ``text``; the result must use it.
 
         Image and command travel on different topics with no order between them, so the
-        result's header (the header of the image used) says whether to try again.
+        result's header (the header of the image used) says whether to try again. ``depth`` and
+        ``info``, when given, are published just before the image (as a depth camera would).
         """
         publisher = self.pub_compressed if isinstance(image, CompressedImage) else self.pub_image
         for _ in range(5):
+            if depth is not None:
+                self.pub_depth.publish(depth)
+            if info is not None:
+                self.pub_info.publish(info)
             publisher.publish(image)
             self.images_sent += 1
             time.sleep(0.05)
@@ -413,6 +432,62 @@ def test_command_client_cli(peer: Peer, mugs: Scene, tmp_path: Path) -> None:
     assert PILImage.open(out).size == (640, 480)
 
 
+def _rgbd(peer: Peer, scene: Scene, encoding: str, depth_m: Optional[np.ndarray] = None) -> tuple[Image, Image, CameraInfo]:
+    """Image, depth (``encoding``, default the scene's depth) and camera_info of ``scene``, one header."""
+    header = peer.header()
+    depth = metres_to_depth_image(scene.depth_m if depth_m is None else depth_m, encoding, header)
+    return rgb_to_image_msg(scene.image, header), depth, camera_info_msg(scene, header)
+
+
+def _blue_mug_target(result: GroundingResult, scene: Scene) -> str:
+    """Id of the detection that is the blue mug (best IoU with its true box)."""
+    blue = unique(scene, "blue", "mug").box_xyxy
+    return max(result.detections.detections, key=lambda d: iou(bbox2d_to_xyxy(d.bbox), blue)).id
+
+
+@pytest.mark.parametrize("encoding", ["32FC1", "16UC1"])
+def test_3d_blue_mug_within_3cm(peer: Peer, mugs: Scene, encoding: str) -> None:
+    """RGB-D scene + "pick up the blue mug": a Detection3D within 3 cm of the true centre of the
+    mug's visible surface; detections_3d and markers published (markers cleared first)."""
+    image, depth, info = _rgbd(peer, mugs, encoding)
+    r = peer.command_on(image, "pick up the blue mug", depth, info)
+    assert r.status == S.STATUS_OK, (r.status_message, r.raw_answer)
+    assert best_iou(r, unique(mugs, "blue", "mug").box_xyxy) >= 0.5, r.raw_answer
+    assert r.depth_status == Detection3DStatus.STATUS_OK, r.depth_status_message
+    target = targets_3d(r)[_blue_mug_target(r, mugs)]
+    assert target.status == "OK", target.message
+    truth = unique(mugs, "blue", "mug").visible_surface_center_3d
+    assert 0.5 <= truth[2] <= 1.5
+    error = float(np.linalg.norm(np.subtract(target.center, truth)))
+    assert error <= 0.03, (target.center, truth, error)
+    assert r.detections_3d.header.frame_id == depth.header.frame_id and r.detections_3d.header.stamp == image.header.stamp
+    assert wait(lambda: any(a.header.stamp == image.header.stamp for a in peer.detections_3d), 5.0), "no detections_3d"
+    published = next(a for a in peer.detections_3d if a.header.stamp == image.header.stamp)
+    assert published == r.detections_3d
+    assert wait(lambda: any(m.markers and m.markers[0].header.stamp == image.header.stamp for m in peer.markers), 5.0)
+    markers = next(m for m in peer.markers if m.markers and m.markers[0].header.stamp == image.header.stamp).markers
+    assert markers[0].action == Marker.DELETEALL
+    assert sorted(m.type for m in markers[1:]) == sorted([Marker.CUBE, Marker.TEXT_VIEW_FACING] * len(r.detections_3d.detections))
+
+
+def test_3d_missing_and_invalid_depth(peer: Peer, mugs: Scene) -> None:
+    """Without depth the 2D result still comes and says 3D is missing; with no readings on the
+    mug, its detection says so and gets no point."""
+    r = peer.command_on(rgb_to_image_msg(mugs.image, peer.header()), "pick up the blue mug")
+    assert r.status == S.STATUS_OK and r.depth_status == Detection3DStatus.STATUS_NO_DEPTH, r.depth_status_message
+    assert all(t.status == "NO_DEPTH" for t in targets_3d(r).values())
+    for encoding, fill in (("16UC1", 0.0), ("32FC1", np.nan)):
+        depth_m = mugs.depth_m.copy()
+        x1, y1, x2, y2 = (int(v) for v in unique(mugs, "blue", "mug").box_xyxy)
+        depth_m[y1:y2, x1:x2] = fill
+        image, depth, info = _rgbd(peer, mugs, encoding, depth_m)
+        r = peer.command_on(image, "pick up the blue mug", depth, info)
+        assert r.status == S.STATUS_OK and r.depth_status == Detection3DStatus.STATUS_OK, r.depth_status_message
+        target_id = _blue_mug_target(r, mugs)
+        assert targets_3d(r)[target_id].status == "NO_VALID_DEPTH"
+        assert target_id not in [d.id for d in r.detections_3d.detections]
+
+
 def test_node_survived(node_process: subprocess.Popen, peer: Peer, mugs: Scene) -> None:
     assert node_process.poll() is None
     assert peer.command_on(rgb_to_image_msg(mugs.image, peer.header()), "pick up the red mug").status == S.STATUS_OK
@@ -431,4 +506,6 @@ def test_readme_demo(tmp_path: Path) -> None:
     assert "status: OK" in proc.stdout and "IoU with the true blue mug" in proc.stdout
     ious = [float(line.rsplit("=", 1)[1]) for line in proc.stdout.splitlines() if "IoU with the true" in line]
     assert max(ious) >= 0.5, proc.stdout
+    errors = [float(line.split("error ")[1].split(" cm")[0]) for line in proc.stdout.splitlines() if "3D position" in line]
+    assert errors and min(errors) <= 3.0, proc.stdout
     assert PILImage.open(out).size == (640, 480)

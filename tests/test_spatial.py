@@ -20,13 +20,15 @@ from groma_ros.conversions import grounding_to_messages  # noqa: E402
 from groma_ros.depth3d import Status  # noqa: E402
 from groma_ros.fake_camera import camera_info_msg  # noqa: E402
 from groma_ros.image_conversion import metres_to_depth_image  # noqa: E402
-from groma_ros.msg import Detection3DStatus, GroundingResult  # noqa: E402
+from groma_ros.msg import Detection3DStatus, GroundedPhrase, GroundingResult  # noqa: E402
 from groma_ros.spatial import (  # noqa: E402
     StampBuffer,
     apply_to_result,
     localize_detections,
     marker_array,
     stamp_ns,
+    status_3d_name,
+    targets_3d,
     unavailable,
 )
 
@@ -73,6 +75,10 @@ def test_stamp_buffer_waits_only_while_a_match_can_come() -> None:
     msg, _ = buffer.match(3005, 10, wait_s=2.0)  # arrives while waiting
     later.join()
     assert msg is not None and msg.t == "late"
+    time.sleep(0.2)
+    start = time.monotonic()
+    assert buffer.match(4000, 10, wait_s=2.0, live_s=0.1)[0] is None  # the stream went quiet: no wait
+    assert time.monotonic() - start < 0.5
 
 
 def _scene_detections(seed: int, names: list[str]):
@@ -159,3 +165,26 @@ def test_markers_delete_all_first_then_cube_and_label_per_target() -> None:
     empty = marker_array(spatial.detections.__class__(), header(5, "cam"), 0.0).markers
     assert [m.action for m in empty] == [Marker.DELETEALL] and empty[0].header.frame_id == "cam"
     assert stamp_ns(header(1_500_000_000)) == 1_500_000_000
+
+
+def test_targets_3d_and_the_printed_result() -> None:
+    from groma_ros.command_client import format_result
+
+    scene, detections, image_header = _scene_detections(611, ["blue mug", "red mug"])
+    holes = scene.depth_m.copy()
+    red = next(o for o in scene.objects if o.color == "red" and o.kind == "mug")
+    x1, y1, x2, y2 = (int(v) for v in red.box_xyxy)
+    holes[y1:y2, x1:x2] = np.nan
+    depth = metres_to_depth_image(holes, "32FC1", image_header)
+    result = GroundingResult(header=image_header, detections=detections, status=GroundingResult.STATUS_OK)
+    apply_to_result(result, localize_detections(detections, image_header, (640, 480), depth, camera_info_msg(scene, image_header)))
+    blue_id, red_id = (d.id for d in detections.detections)
+    targets = targets_3d(result)
+    assert list(targets) == [blue_id, red_id]
+    assert targets[blue_id].status == "OK" and targets[blue_id].frame_id == image_header.frame_id
+    assert np.linalg.norm(np.subtract(targets[blue_id].center, scene.objects[5].visible_surface_center_3d)) < 0.03
+    assert targets[red_id].status == "NO_VALID_DEPTH" and targets[red_id].center is None
+    assert status_3d_name(99) == "UNKNOWN(99)"
+    result.phrases = [GroundedPhrase(text="the blue mug", detection_ids=[blue_id]), GroundedPhrase(text="the red mug", detection_ids=[red_id])]
+    text = format_result(result)
+    assert "3d:     OK (depth 640x480 32FC1" in text and "3d centre=(" in text and "3d NO_VALID_DEPTH: no valid depth" in text
