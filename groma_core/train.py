@@ -11,9 +11,10 @@ The stages follow the original, adapted to a model trained from scratch on a 2-c
 2. alignment: region encoder projection + image bridge + new token embeddings + LLM on REC and captions.
 3. instructions: the same on every task (commands, two-target commands, negatives, descriptions),
    several rounds per conversation as in the original's multi-round data.
-4. instructions again, with a fresh learning-rate cycle, more of the tasks that point at regions, and the
-   ``<rK>`` answer tokens weighted up: a from-scratch LLM learns the text of answers long before it learns
-   to point at the right region token.
+
+Two departures let an LLM trained from scratch learn to point (answer with the ``<rK>`` of the region it
+means) within minutes instead of never: the layers writing into its embedding space start at its own scale
+(``calibrate_projections``), and the region list's ``<rK>`` tokens are supervised (``_label_region_list``).
 
 Region order is randomly permuted per sample (as the original does in training) so that no region index
 carries meaning. Checkpoints are written after every stage and every ``save_every`` steps; ``--resume``
@@ -41,7 +42,7 @@ from .checkpoint import save_checkpoint
 from .model import GromaModel, TokenIds
 from .presets import tiny_config
 from .selection import select_regions
-from .tokenizer import IGNORE_INDEX, GromaTokenizer, train_tokenizer
+from .tokenizer import IGNORE_INDEX, NUM_NEW_TOKENS, NUM_REGION_INDEX_TOKENS, GromaTokenizer, train_tokenizer
 from .vision import preprocess
 from .world import COLOR_NAMES, KINDS, render_scene
 
@@ -53,31 +54,27 @@ EVAL_SEED_START = 10_000_000
 class TrainSettings:
     tokenizer_vocab: int = 1024
     tokenizer_scenes: int = 1500
-    stage1_steps: int = 700
-    stage1_batch: int = 8
+    stage1_steps: int = 800
+    stage1_batch: int = 6
     stage1_lr: float = 4e-4
     cache_scenes: int = 2000
     stage2_steps: int = 250
-    stage3_steps: int = 1250
-    stage4_steps: int = 2400
-    stage4_lr: float = 6e-4
-    region_token_weight: float = 3.0  # stage 4: loss weight of the <rK> answer tokens
+    stage3_steps: int = 1500
+    label_region_list: bool = True  # supervise the region list's <rK> tokens (see _label_region_list)
     region_lr_scale: float = 0.1  # region projection learns slower than the from-scratch LLM (keeps stage-1 features)
     lm_batch: int = 8
     lm_lr: float = 1e-3
-    max_rounds: int = 3
+    max_rounds: int = 6  # rounds per conversation: more supervised answers per pass over the image tokens
     save_every: int = 200
     threads: int = 2
 
 
 PRESETS = {"tiny": TrainSettings(), "smoke": TrainSettings(
     tokenizer_vocab=400, tokenizer_scenes=60, stage1_steps=3, stage1_batch=2, cache_scenes=6,
-    stage2_steps=3, stage3_steps=3, stage4_steps=3, lm_batch=2, save_every=2)}
+    stage2_steps=3, stage3_steps=3, lm_batch=2, save_every=2)}
 
 STAGE2_TASKS = ("rec", "caption")
 STAGE3_TASKS = ("rec", "command", "command2", "caption", "describe", "negative_rec", "negative_command")
-# stage 4 repeats the tasks that point at regions, where a from-scratch LLM learns slowest
-STAGE4_TASKS = STAGE3_TASKS + ("rec", "rec", "command", "command2")
 SIZE_WORDS = ("small", "medium", "large")
 
 
@@ -269,6 +266,8 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
         features, _, _ = model.region_encoder.roi_align.project(item.flat[perm].float(), boxes)
         image_tokens = model.img_txt_bridge(item.merged.float())
         expanded, lab = model.expand_ids(ids, len(perm), tokens, lab)
+        if settings.label_region_list:
+            lab = _label_region_list(expanded, lab, tokens, len(perm))
         refer_features = features[refer] if refer else None
         embeds.append(model.assemble_embeds(expanded, tokens, image_tokens, features, refer_features))
         labels.append(lab)
@@ -283,12 +282,26 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
     return padded, mask, padded_labels
 
 
+def _label_region_list(expanded: Tensor, labels: Tensor, tokens: TokenIds, num_regions: int) -> Tensor:
+    """Also supervise the ``<rK>`` tokens of the region list ``<r0><region><r1><region>...``.
+
+    Predicting ``<r(K+1)>`` at the slot of region K's feature needs region K's index at that slot, which is
+    exactly what a pointer answer must later copy from the region it matched (an induction-style circuit).
+    A from-scratch LLM otherwise finds that circuit only after a long plateau; the original's pretrained
+    LLM already has it, so the original leaves these positions unsupervised.
+    """
+    start = int(torch.nonzero(expanded == tokens.region)[0]) - 1
+    out = labels.clone()
+    index_slots = slice(start, start + 2 * num_regions, 2)
+    out[index_slots] = expanded[index_slots]
+    return out
+
+
 def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings: TrainSettings, out: Path,
                    seed: int, stage: int, resume: bool) -> None:
-    tasks = {2: STAGE2_TASKS, 3: STAGE3_TASKS, 4: STAGE4_TASKS}[stage]
-    steps = {2: settings.stage2_steps, 3: settings.stage3_steps, 4: settings.stage4_steps}[stage]
-    peak_lr = settings.stage4_lr if stage == 4 else settings.lm_lr
-    region_weight = settings.region_token_weight if stage == 4 else 1.0
+    tasks = {2: STAGE2_TASKS, 3: STAGE3_TASKS}[stage]
+    steps = {2: settings.stage2_steps, 3: settings.stage3_steps}[stage]
+    peak_lr = settings.lm_lr
     tokens = TokenIds.from_lookup(tokenizer.token_to_id)
     roi = model.region_encoder.roi_align
     region_params = [p for m in (roi.flatten_linear, roi.pos_embedd) for p in m.parameters()]
@@ -301,7 +314,7 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
     step = _load_progress(path, model, opt) if resume else 0
     rng = random.Random(seed * 7919 + stage * 104_729 + step)
     model.train()
-    name = {2: "alignment", 3: "instructions", 4: "instructions, region-weighted"}[stage]
+    name = {2: "alignment", 3: "instructions"}[stage]
     bar = tqdm(range(step, steps), desc=f"stage {stage} {name}", initial=step, total=steps)
     for step in bar:
         _set_lr(opt, _lr(step, steps, peak_lr))
@@ -309,11 +322,7 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
         hidden = model.llm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         logits = model.lm_logits(hidden[:, :-1])
         targets = labels[:, 1:].reshape(-1)
-        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX,
-                                    reduction="none")
-        is_region = (targets >= tokens.region_index_first) & (targets < tokens.region_index_first + 100)
-        weights = torch.where(is_region, region_weight, 1.0) * (targets != IGNORE_INDEX)
-        loss = (per_token * weights).sum() / weights.sum()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -358,6 +367,47 @@ def _init_new_tokens(model: GromaModel) -> None:
     with torch.no_grad():
         model.new_input_embs.weight.normal_(0.0, std)
         model.extra_lm_head.weight.normal_(0.0, std)
+        # <rK> output rows start equal to their input embeddings: copying a region's index token along the
+        # residual stream then already raises that token's logit
+        rows = slice(NUM_NEW_TOKENS - NUM_REGION_INDEX_TOKENS, NUM_NEW_TOKENS)  # <r0>..<r99> come last
+        model.extra_lm_head.weight[rows] = model.new_input_embs.weight[rows]
+
+
+@torch.no_grad()
+def calibrate_projections(model: GromaModel, cache: list[CachedScene], samples: int = 200,
+                          output_std: float = 0.1) -> None:
+    """Start the layers that write into the LLM's embedding space at a scale the LLM can work with.
+
+    Stage-1 region features (``flatten_linear`` + box embedding) and DINOv2 patch tokens have norms in the
+    hundreds; through default-initialised ``updims`` and bridge layers they would enter a from-scratch LLM
+    ~1000x larger than anything its attention adds at those positions (the ``<rK>`` identity a pointer
+    answer has to copy) would ever be. Data-dependent init, in two parts:
+
+    * inputs to unit scale: ``flatten_linear`` and the box embedding's last LayerNorm are multiplied by one
+      factor (region features change by a scalar only, so stage 1's attributes survive), the bridge's first
+      layer is drawn so its pre-activations have unit RMS;
+    * outputs at ``output_std`` per coordinate (a few times the std-0.02 token embeddings): ``updims`` and
+      the bridge's last layer drawn N(0, output_std / sqrt(fan_in)) on those unit inputs, zero bias.
+
+    Weights stay at ordinary magnitudes, so Adam's fixed-size steps do not wipe the calibration out.
+    """
+    roi = model.region_encoder.roi_align
+    first, _, last = model.img_txt_bridge
+    items = cache[:samples]
+
+    def rms(x: Tensor) -> float:
+        return x.float().pow(2).mean().sqrt().item()
+
+    region_in = torch.cat([sum(roi.project(i.flat.float(), i.boxes)[1:]) for i in items])
+    scale = 1.0 / rms(region_in)
+    for param in (roi.flatten_linear.weight, roi.flatten_linear.bias, roi.pos_embedd[-1].weight, roi.pos_embedd[-1].bias):
+        param.mul_(scale)
+    merged = torch.cat([i.merged.float() for i in items])
+    first.weight.normal_(0.0, 1.0 / (math.sqrt(first.in_features) * rms(merged)))
+    first.bias.zero_()
+    for layer in (roi.updims, last):
+        layer.weight.normal_(0.0, output_std / math.sqrt(layer.in_features))
+        layer.bias.zero_()
 
 
 def _stage_done(path: Path, steps: int) -> bool:
@@ -389,9 +439,9 @@ def _run_training(preset: str, out: Path, seed: int, resume: bool) -> Path:
     else:
         train_stage1(model, settings, out, seed, resume)
     cache = build_region_cache(model, settings, seed)
+    calibrate_projections(model, cache)  # (a resumed stage 2 or 3 then loads its own weights over it)
     train_language(model, tokenizer, cache, settings, out, seed, stage=2, resume=resume)
     train_language(model, tokenizer, cache, settings, out, seed, stage=3, resume=resume)
-    train_language(model, tokenizer, cache, settings, out, seed, stage=4, resume=resume)
     final = out / "final"
     save_checkpoint(model, final, tokenizer, storage_dtype=torch.float16)
     (final / "training.json").write_text(json.dumps({
