@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 
 import pytest
 import torch
@@ -11,7 +13,16 @@ from groma_core.model import GromaModel, TokenIds
 from groma_core.pipeline import GromaPipeline
 from groma_core.presets import tiny_config
 from groma_core.tokenizer import IGNORE_INDEX
-from groma_core.train import CachedScene, _label_region_list, calibrate_projections, run_training
+from groma_core.train import (
+    PRESETS,
+    CachedScene,
+    _label_region_list,
+    _language_batch,
+    build_region_cache,
+    build_tokenizer,
+    calibrate_projections,
+    run_training,
+)
 from groma_core.world import render_scene
 
 
@@ -67,3 +78,20 @@ def test_calibrated_projections_write_at_a_workable_scale_and_keep_stage1_featur
     torch.testing.assert_close(after * before.norm() / after.norm(), before, rtol=1e-4, atol=1e-3)  # same up to scale
     for out in (regions, images):
         assert 0.03 < out.std().item() < 0.15
+
+
+def test_short_batches_start_at_the_region_list_with_the_same_supervision(tmp_path):
+    tokenizer = build_tokenizer(tmp_path / "tok", PRESETS["smoke"], seed=1)
+    model = GromaModel(tiny_config(tokenizer.base_vocab_size)).eval()
+    tokens = TokenIds.from_lookup(tokenizer.token_to_id)
+    settings = dataclasses.replace(PRESETS["smoke"], cache_scenes=2, lm_batch=2)
+    cache = build_region_cache(model, settings, seed=1)
+    with torch.no_grad():
+        full = _language_batch(model, tokenizer, tokens, cache, random.Random(4), ("rec",), settings)
+        short = _language_batch(model, tokenizer, tokens, cache, random.Random(4), ("rec",), settings, short=True)
+    cut = full[0].shape[1] - short[0].shape[1]
+    assert cut > model.num_image_tokens  # system prompt, first round and image tokens are gone
+    r0 = model.embed_ids(torch.tensor([tokens.region_index_first]))[0]
+    for i in range(2):
+        torch.testing.assert_close(short[0][i, 0], r0)
+        assert short[2][i].tolist() == full[2][i, cut:].tolist()  # every supervised token kept
