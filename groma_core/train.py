@@ -13,9 +13,11 @@ The stages follow the original, adapted to a model trained from scratch on a 2-c
 3. instructions: the same on every task (commands, two-target commands, negatives, descriptions),
    several rounds per conversation as in the original's multi-round data.
 
-Two departures let an LLM trained from scratch learn to point (answer with the ``<rK>`` of the region it
-means) within minutes instead of never: the layers writing into its embedding space start at its own scale
-(``calibrate_projections``), and the region list's ``<rK>`` tokens are supervised (``_label_region_list``).
+For an LLM trained from scratch, three departures aim at reading region features and pointing
+(answering with the ``<rK>`` of the region it means): stage 2's short sequences (measured: teacher-forced
+caption accuracy on full-length prompts 0.64 -> 0.71, colours read, kinds not yet), and, not yet shown to
+help, the layers writing into its embedding space starting at a workable scale (``calibrate_projections``)
+and supervised region-list ``<rK>`` tokens (``_label_region_list``).
 
 Region order is randomly permuted per sample (as the original does in training) so that no region index
 carries meaning. Checkpoints are written after every stage and every ``save_every`` steps; ``--resume``
@@ -275,11 +277,12 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
         features, _, _ = model.region_encoder.roi_align.project(item.flat[perm].float(), boxes)
         image_tokens = model.img_txt_bridge(item.merged.float())
         expanded, lab = model.expand_ids(ids, len(perm), tokens, lab)
+        list_start = _region_list_start(expanded, tokens)
         if settings.label_region_list:
-            lab = _label_region_list(expanded, lab, tokens, len(perm))
+            lab = _label_region_list(expanded, lab, list_start, len(perm))
         refer_features = features[refer] if refer else None
         embedded = model.assemble_embeds(expanded, tokens, image_tokens, features, refer_features)
-        start = int(torch.nonzero(expanded == tokens.region)[0]) - 1 if short else 0
+        start = list_start if short else 0
         embeds.append(embedded[start:])
         labels.append(lab[start:])
     length = max(len(e) for e in embeds)
@@ -293,7 +296,12 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
     return padded, mask, padded_labels
 
 
-def _label_region_list(expanded: Tensor, labels: Tensor, tokens: TokenIds, num_regions: int) -> Tensor:
+def _region_list_start(expanded: Tensor, tokens: TokenIds) -> int:
+    """Position of ``<r0>``, where the expanded region list ``<r0><region><r1><region>...`` begins."""
+    return int(torch.nonzero(expanded == tokens.region)[0]) - 1
+
+
+def _label_region_list(expanded: Tensor, labels: Tensor, start: int, num_regions: int) -> Tensor:
     """Also supervise the ``<rK>`` tokens of the region list ``<r0><region><r1><region>...``.
 
     Predicting ``<r(K+1)>`` at the slot of region K's feature needs region K's index at that slot, which is
@@ -301,7 +309,6 @@ def _label_region_list(expanded: Tensor, labels: Tensor, tokens: TokenIds, num_r
     A from-scratch LLM otherwise finds that circuit only after a long plateau; the original's pretrained
     LLM already has it, so the original leaves these positions unsupervised.
     """
-    start = int(torch.nonzero(expanded == tokens.region)[0]) - 1
     out = labels.clone()
     index_slots = slice(start, start + 2 * num_regions, 2)
     out[index_slots] = expanded[index_slots]
@@ -312,7 +319,6 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
                    seed: int, stage: int, resume: bool) -> None:
     tasks = {2: STAGE2_TASKS, 3: STAGE3_TASKS}[stage]
     steps = {2: settings.stage2_steps, 3: settings.stage3_steps}[stage]
-    peak_lr = settings.lm_lr
     tokens = TokenIds.from_lookup(tokenizer.token_to_id)
     roi = model.region_encoder.roi_align
     region_params = [p for m in (roi.flatten_linear, roi.pos_embedd) for p in m.parameters()]
@@ -320,7 +326,7 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
                     for p in m.parameters()]
     params = region_params + other_params
     opt = torch.optim.AdamW([{"params": region_params, "lr_scale": settings.region_lr_scale},
-                             {"params": other_params, "lr_scale": 1.0}], lr=peak_lr, weight_decay=0.0)
+                             {"params": other_params, "lr_scale": 1.0}], lr=settings.lm_lr, weight_decay=0.0)
     path = out / f"stage{stage}.pt"
     step = _load_progress(path, model, opt) if resume else 0
     rng = random.Random(seed * 7919 + stage * 104_729 + step)
@@ -328,7 +334,7 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
     name = {2: "alignment", 3: "instructions"}[stage]
     bar = tqdm(range(step, steps), desc=f"stage {stage} {name}", initial=step, total=steps)
     for step in bar:
-        _set_lr(opt, _lr(step, steps, peak_lr))
+        _set_lr(opt, _lr(step, steps, settings.lm_lr))
         embeds, mask, labels = _language_batch(model, tokenizer, tokens, cache, rng, tasks, settings, short=stage == 2)
         hidden = model.llm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         logits = model.lm_logits(hidden[:, :-1])

@@ -17,6 +17,7 @@ from groma_core.train import (
     PRESETS,
     CachedScene,
     _label_region_list,
+    _region_list_start,
     _language_batch,
     build_region_cache,
     build_tokenizer,
@@ -53,7 +54,8 @@ def test_region_list_labels_supervise_only_the_region_index_tokens():
     labels = torch.tensor([IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 601])
     expanded, lab = GromaModel(tiny_config(400)).expand_ids(ids, 3, tokens, labels)
     assert expanded.tolist() == [7, 600, 501, 601, 501, 602, 501, 8, 601]
-    out = _label_region_list(expanded, lab, tokens, 3)
+    assert _region_list_start(expanded, tokens) == 1
+    out = _label_region_list(expanded, lab, 1, 3)
     assert out.tolist() == [IGNORE_INDEX, 600, IGNORE_INDEX, 601, IGNORE_INDEX, 602, IGNORE_INDEX, IGNORE_INDEX, 601]
     assert lab.tolist()[1] == IGNORE_INDEX  # the input labels are left alone
 
