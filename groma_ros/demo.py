@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -55,8 +56,8 @@ def _ros_environment() -> dict[str, str]:
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     # A domain of its own so a running robot or a second demo is not seen: 215..232 is the
     # upper range of ids whose DDS ports stay below Linux's ephemeral ports (and apart from the
-    # test suite's 1..100).
-    env["ROS_DOMAIN_ID"] = env.get("GROMA_DEMO_DOMAIN_ID") or str(215 + os.getpid() % 18)
+    # test suite's 1..100). Drawn at random, not from the pid: pids repeat across containers.
+    env["ROS_DOMAIN_ID"] = env.get("GROMA_DEMO_DOMAIN_ID") or str(215 + random.SystemRandom().randrange(18))
     # 640x480 rgb8 frames (900 KB) are lost by best-effort UDP; the profile uses shared memory.
     env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(find_config("fastdds_large_shm.xml"))
     return env

@@ -57,7 +57,8 @@ def ros_context() -> Iterator[object]:
     from rclpy.context import Context
 
     context = Context()
-    rclpy.init(context=context)
+    # every node of this context in the test run's own namespace (see ros_env)
+    rclpy.init(context=context, args=["pytest", "--ros-args", *ros_env.ros_args_namespace()])
     try:
         yield context
     finally:

@@ -3,9 +3,12 @@
 Why each setting (facts from shared/guides/ros_from_pypi.md):
   * ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST keeps discovery and traffic on this
     host. ROS_LOCALHOST_ONLY would be silently ignored by this ROS 2 (kilted).
-  * A ROS_DOMAIN_ID of our own, derived from the pid of the pytest process, so
-    concurrent test runs on the same machine (colleagues, CI) do not see each
-    other's topics. Subprocesses started by a test inherit it.
+  * A ROS_DOMAIN_ID of our own, drawn at random once per pytest process, and
+    a namespace of our own (TEST_NAMESPACE) for every node and topic the tests
+    make, so concurrent test runs on the same host (colleagues, CI jobs in
+    containers, where pids repeat) do not see each other's topics: a shared
+    domain alone would let another run's /image overwrite ours. Subprocesses
+    started by a test inherit the domain.
   * FASTDDS_DEFAULT_PROFILES_FILE points at the project's shared-memory profile,
     the configuration the node runs with, so large images are tested as they
     are deployed.
@@ -17,6 +20,7 @@ Why each setting (facts from shared/guides/ros_from_pypi.md):
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -29,25 +33,30 @@ SHM_PROFILE: Path = REPO_ROOT / "config" / "fastdds_large_shm.xml"
 # Domain ids 1..100 are valid with Fast DDS' default port mapping on Linux and
 # leave 0, the default every unconfigured ROS 2 process uses, alone.
 _DOMAIN_COUNT = 100
+_RANDOM = random.SystemRandom()  # not the seeded `random`: tests seed that one
+
+#: This test run's ROS_DOMAIN_ID (1..100), the same for every call in this process.
+DOMAIN_ID: int = 1 + _RANDOM.randrange(_DOMAIN_COUNT)
+
+#: Namespace (absolute) for this test run's nodes and topics, unique per run.
+TEST_NAMESPACE: str = f"/groma_test_{os.getpid()}_{_RANDOM.getrandbits(32):08x}"
 
 
-def domain_id_for(pid: int) -> int:
-    """The ROS_DOMAIN_ID a test run with this (pytest) pid uses."""
-    return 1 + pid % _DOMAIN_COUNT
+def ros_args_namespace() -> list[str]:
+    """``--ros-args`` remapping that puts a subprocess's node into TEST_NAMESPACE."""
+    return ["-r", f"__ns:={TEST_NAMESPACE}"]
 
 
-def ros_test_environment(base: Mapping[str, str] | None = None,
-                         pid: int | None = None) -> dict[str, str]:
+def ros_test_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """A copy of `base` (default os.environ) with the test isolation settings.
 
-    An explicit GROMA_TEST_ROS_DOMAIN_ID in `base` wins over the pid-derived id,
+    An explicit GROMA_TEST_ROS_DOMAIN_ID in `base` wins over the random id,
     for reproducing a run by hand.
     """
     env = dict(os.environ if base is None else base)
     env.pop("RMW_IMPLEMENTATION", None)
     env.pop("ROS_LOCALHOST_ONLY", None)  # ignored anyway; avoid misleading readers
-    domain = env.get("GROMA_TEST_ROS_DOMAIN_ID") or str(
-        domain_id_for(os.getpid() if pid is None else pid))
+    domain = env.get("GROMA_TEST_ROS_DOMAIN_ID") or str(DOMAIN_ID)
     env["ROS_DOMAIN_ID"] = domain
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(SHM_PROFILE)
@@ -91,9 +100,10 @@ def spin_until(executor: object, condition: Callable[[], bool],
 
 
 def start_python(code: str, **popen_kwargs: object) -> subprocess.Popen[str]:
-    """Start `python -c code` with the test ROS environment (same domain)."""
+    """Start `python -c code` with the test ROS environment (same domain), its
+    arguments the `--ros-args` that put its nodes into TEST_NAMESPACE."""
     return subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, "--ros-args", *ros_args_namespace()],
         env=ros_test_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

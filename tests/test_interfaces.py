@@ -150,7 +150,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from vision_msgs.msg import Detection2DArray
 from groma_ros.msg import GroundingResult
 
-rclpy.init()
+rclpy.init(args=sys.argv)  # --ros-args: the test run's namespace
 node = Node("interfaces_echo")
 qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 for name, cls in (("detections", Detection2DArray), ("grounding", GroundingResult)):

@@ -8,7 +8,6 @@ The real model is exercised end to end in test_node_e2e.py.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from types import SimpleNamespace
@@ -29,6 +28,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
+import ros_env  # noqa: E402
 from groma_core.errors import CheckpointError, GromaInputError  # noqa: E402
 from groma_ros.conversions import bbox2d_to_xyxy, xyxy_to_bbox2d  # noqa: E402
 from groma_ros.msg import GroundingResult  # noqa: E402
@@ -102,19 +102,20 @@ class Harness:
     def __init__(
         self, overrides: dict[str, Any] | None = None, factory: Callable | None = None, namespace: str = ""
     ) -> None:
-        """``namespace`` keeps a second harness apart from the module's one (same domain)."""
+        """``namespace`` keeps a second harness apart from the module's one; both live under the test
+        run's own namespace, apart from any other run on this host."""
+        self.namespace = f"{ros_env.TEST_NAMESPACE}/{namespace}" if namespace else ros_env.TEST_NAMESPACE
         self.context = rclpy.Context()
-        # A private domain per process keeps parallel test runs apart.
-        rclpy.init(context=self.context, domain_id=100 + os.getpid() % 100)
+        rclpy.init(context=self.context)  # the test run's own domain (ros_env)
         self.pipe = FakePipeline()
         params = [Parameter(k, value=v) for k, v in (overrides or {}).items()]
         self.node = GromaNode(
             pipeline_factory=factory or (lambda path, **kw: self.pipe),
             context=self.context,
             parameter_overrides=params,
-            namespace=namespace,
+            namespace=self.namespace,
         )
-        self.peer = rclpy.create_node("peer", context=self.context, namespace=namespace)
+        self.peer = rclpy.create_node("peer", context=self.context, namespace=self.namespace)
         self.pub_image = self.peer.create_publisher(Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.pub_command = self.peer.create_publisher(String, "command", QOS)
         self.results: list[GroundingResult] = []
@@ -441,7 +442,7 @@ def test_no_image_reason_names_qos_mismatch(h: Harness) -> None:
     h.node._image_qos_name = "reliable"
     best_effort = h.peer.create_publisher(Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     try:
-        assert wait(lambda: len(h.node.get_publishers_info_by_topic("/image")) >= 2)
+        assert wait(lambda: len(h.node.get_publishers_info_by_topic(f"{h.namespace}/image")) >= 2)
         reason = h.node._no_image_reason(5.0)
         assert "best_effort" in reason and "image_reliability:=best_effort" in reason
     finally:

@@ -96,7 +96,7 @@ class Peer:
     def __init__(self) -> None:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.node = rclpy.create_node("e2e_peer", context=self.context)
+        self.node = rclpy.create_node("e2e_peer", context=self.context, namespace=ros_env.TEST_NAMESPACE)
         self.pub_image = self.node.create_publisher(Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.pub_compressed = self.node.create_publisher(
             CompressedImage, "image/compressed", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -197,6 +197,7 @@ def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subproces
         *(["-p", f"model_path:={model}"] if model else []),  # rcl rejects an empty override
         "-p", "subscribe_compressed:=true",
         "--log-level", "groma_node:=info",
+        *ros_env.ros_args_namespace(),
     ]
     with open(log, "w") as log_file:
         proc = subprocess.Popen(args, env=ros_env.ros_test_environment(), stdout=log_file, stderr=subprocess.STDOUT, text=True)
@@ -424,7 +425,8 @@ def test_command_client_cli(peer: Peer, mugs: Scene, tmp_path: Path) -> None:
     out = tmp_path / "annotated.png"
     proc = subprocess.run(
         [sys.executable, "-m", "groma_ros.command_client", "--service", "--image", str(tmp_path / "scene.png"),
-         "--save-annotated", str(out), "--timeout", "60", "pick up the blue mug"],
+         "--save-annotated", str(out), "--timeout", "60", "pick up the blue mug",
+         "--ros-args", *ros_env.ros_args_namespace()],
         env=ros_env.ros_test_environment(), cwd=ros_env.REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
