@@ -16,9 +16,13 @@ from groma_core.tokenizer import IGNORE_INDEX
 from groma_core.train import (
     PRESETS,
     CachedScene,
+    Markup,
+    SUPERVISED_HEADS,
     _label_region_list,
-    _region_list_start,
     _language_batch,
+    _region_list_start,
+    attention_loss,
+    attention_targets,
     build_region_cache,
     build_tokenizer,
     calibrate_projections,
@@ -91,9 +95,44 @@ def test_short_batches_start_at_the_region_list_with_the_same_supervision(tmp_pa
     with torch.no_grad():
         full = _language_batch(model, tokenizer, tokens, cache, random.Random(4), ("rec",), settings)
         short = _language_batch(model, tokenizer, tokens, cache, random.Random(4), ("rec",), settings, short=True)
-    cut = full[0].shape[1] - short[0].shape[1]
+    cut = full.embeds.shape[1] - short.embeds.shape[1]
     assert cut > model.num_image_tokens  # system prompt, first round and image tokens are gone
     r0 = model.embed_ids(torch.tensor([tokens.region_index_first]))[0]
     for i in range(2):
-        torch.testing.assert_close(short[0][i, 0], r0)
-        assert short[2][i].tolist() == full[2][i, cut:].tolist()  # every supervised token kept
+        torch.testing.assert_close(short.embeds[i, 0], r0)
+        assert short.labels[i].tolist() == full.labels[i, cut:].tolist()  # every supervised token kept
+    for name in SUPERVISED_HEADS:  # the same attention targets, shifted with the sequence
+        shifted = full.attention[name] - torch.tensor([0, 0, cut, cut])
+        assert short.attention[name].tolist() == shifted.tolist()
+
+
+def test_attention_targets_point_at_the_meant_region_its_phrase_and_the_caption_region():
+    tokens = _tokens()
+    markup = Markup(phrase_open=700, phrase_close=701, roi_open=702)
+    R, F_, I, P, Q, O = tokens.region, tokens.refer_feat, IGNORE_INDEX, 700, 701, 702
+    # region list of 3; a REC round answered <roi><r2>; a command round answered <p>x y</p><roi><r0><r1>;
+    # a caption round about <refer_feat>
+    expanded = torch.tensor([1, 600, R, 601, R, 602, R, 10, 11, O, 602, 2,
+                             12, 13, P, 14, 15, Q, O, 600, 601, 2,
+                             16, F_, 17, 18, 2])
+    labels = expanded.clone()
+    labels[:9] = I
+    labels[12:14] = I
+    labels[22:25] = I
+    targets = attention_targets(expanded, labels, list_start=1, num_regions=3, tokens=tokens, markup=markup)
+    assert targets["index_copy"] == [(2, [1]), (4, [3]), (6, [5])]  # <region> slot -> its <rK>
+    # the positions predicting <r2>, <r0>, <r1> -> those regions' <region> slots
+    assert targets["pointer"] == [(9, [6]), (18, [2]), (19, [4])]
+    # REC: the question (7, 8 and the position predicting the answer's first token); command: its phrase
+    assert targets["gather_phrase"] == [(9, [7, 8]), (18, [15, 16]), (19, [15, 16])]
+    assert targets["read_refer"] == [(24, [23]), (25, [23])]  # only the caption round reads <refer_feat>
+
+
+def test_attention_loss_is_the_negative_log_attention_mass_on_each_targets_keys():
+    layers = [torch.full((1, 4, 5, 5), 0.2) for _ in range(4)]
+    layer, head = SUPERVISED_HEADS["pointer"]
+    layers[layer][0, head, 3, 1] = 0.5
+    rows = {name: torch.zeros(0, 4, dtype=torch.long) for name in SUPERVISED_HEADS}
+    rows["pointer"] = torch.tensor([[0, 0, 3, 1], [2, 0, 4, 0], [2, 0, 4, 2]])  # target 1 has no rows
+    expected = -(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.4))) / 2  # one head: sum = its mean
+    assert attention_loss(tuple(layers), rows).item() == pytest.approx(expected.item())
