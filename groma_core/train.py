@@ -65,7 +65,7 @@ class TrainSettings:
     stage1_lr: float = 4e-4
     cache_scenes: int = 2000
     stage2_steps: int = 3000  # short sequences: about 2x faster per step than stage 3
-    stage3_steps: int = 1200
+    stage3_steps: int = 1000
     label_region_list: bool = True  # supervise the region list's <rK> tokens (see _label_region_list)
     region_lr_scale: float = 0.1  # region projection learns slower than the from-scratch LLM (keeps stage-1 features)
     lm_batch: int = 8
@@ -347,7 +347,7 @@ def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_reg
       ``<rK>`` just before it, so the slot carries its region's index;
     * ``gather_phrase``: the position that predicts an answer's ``<rK>`` attends to what names the region:
       the answer's own ``<p>phrase</p>`` just before ``<roi>``, or, for a bare ``<roi>`` (REC), the round's
-      question;
+      question (from the end of the previous turn);
     * ``pointer``: that position attends to region K's ``<region>`` slot, from which it copies the index;
     * ``read_refer``: every position that predicts an answer token of a round whose question holds a
       ``<refer_feat>`` (a region caption) attends to that ``<refer_feat>``.
@@ -367,6 +367,8 @@ def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_reg
         if not in_answer and supervised:
             question = list(range(question_start, q + 1))
         in_answer = supervised
+        if ids[q] == tokens.eos and not supervised:  # an unsupervised turn ended (the fixed first answer)
+            question_start = q + 1
         if ids[q] == tokens.refer_feat and not supervised:
             refer = q
         if not supervised:

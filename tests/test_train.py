@@ -128,6 +128,18 @@ def test_attention_targets_point_at_the_meant_region_its_phrase_and_the_caption_
     assert targets["read_refer"] == [(24, [23]), (25, [23])]  # only the caption round reads <refer_feat>
 
 
+def test_rec_phrase_gathering_starts_after_the_previous_turn():
+    tokens = _tokens()
+    markup = Markup(phrase_open=700, phrase_close=701, roi_open=702)
+    I, O = IGNORE_INDEX, 702
+    # region list of 2, the fixed first answer (unsupervised, ends with </s>), then a REC round
+    expanded = torch.tensor([1, 600, tokens.region, 601, tokens.region, 20, 21, 2, 10, 11, O, 601, 2])
+    labels = torch.tensor([I] * 10 + [O, 601, 2])
+    targets = attention_targets(expanded, labels, list_start=1, num_regions=2, tokens=tokens, markup=markup)
+    assert targets["pointer"] == [(10, [4])]
+    assert targets["gather_phrase"] == [(10, [8, 9])]  # not the first answer's 20, 21
+
+
 def test_attention_loss_is_the_negative_log_attention_mass_on_each_targets_keys():
     layers = [torch.full((1, 4, 5, 5), 0.2) for _ in range(4)]
     layer, head = SUPERVISED_HEADS["pointer"]
