@@ -276,7 +276,7 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
     """
     embeds, labels = [], []
     attention: dict[str, list] = {name: [] for name in SUPERVISED_HEADS}
-    groups: dict[str, list] = {name: [] for name in SUPERVISED_HEADS}
+    num_targets = dict.fromkeys(SUPERVISED_HEADS, 0)
     markup = Markup.of(tokenizer)
     for b in range(settings.lm_batch):
         while True:
@@ -301,9 +301,8 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
         labels.append(lab[start:])
         for name, pairs in attention_targets(expanded, lab, list_start, len(perm), tokens, markup).items():
             for q, keys in pairs:
-                group = len(groups[name])
-                groups[name].append(group)
-                attention[name] += [(group, b, q - start, k - start) for k in keys if k >= start]
+                attention[name] += [(num_targets[name], b, q - start, k - start) for k in keys if k >= start]
+                num_targets[name] += 1
     length = max(len(e) for e in embeds)
     mask = torch.zeros(len(embeds), length, dtype=torch.long)
     padded = torch.zeros(len(embeds), length, embeds[0].shape[-1])
