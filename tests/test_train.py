@@ -26,6 +26,7 @@ from groma_core.train import (
     build_region_cache,
     build_tokenizer,
     calibrate_projections,
+    object_attributes,
     run_training,
 )
 from groma_core.world import render_scene
@@ -104,6 +105,26 @@ def test_short_batches_start_at_the_region_list_with_the_same_supervision(tmp_pa
     for name in SUPERVISED_HEADS:  # the same attention targets, shifted with the sequence
         shifted = full.attention[name] - torch.tensor([0, 0, cut, cut])
         assert short.attention[name].tolist() == shifted.tolist()
+    assert short.query_attributes[:, 2:].tolist() == full.query_attributes[:, 2:].tolist()
+
+
+def test_query_attributes_name_the_object_whose_region_the_pointer_means(tmp_path):
+    tokenizer = build_tokenizer(tmp_path / "tok", PRESETS["smoke"], seed=1)
+    model = GromaModel(tiny_config(tokenizer.base_vocab_size)).eval()
+    tokens = TokenIds.from_lookup(tokenizer.token_to_id)
+    settings = dataclasses.replace(PRESETS["smoke"], cache_scenes=3, lm_batch=6)
+    cache = build_region_cache(model, settings, seed=2)
+    with torch.no_grad():
+        batch = _language_batch(model, tokenizer, tokens, cache, random.Random(0), ("rec", "command"), settings,
+                                short=True)
+        # every object's region feature, to recognise which object a <region> slot holds
+        known = [(model.region_encoder.roi_align.project(item.flat.float(), item.boxes)[0][item.object_region[o]],
+                  object_attributes(obj)) for item in cache for o, obj in enumerate(item.scene.objects)]
+    pointers = {(b, q): k for _, b, q, k in batch.attention["pointer"].tolist()}
+    assert len(batch.query_attributes) == len(pointers) > 0
+    for b, q, *attributes in batch.query_attributes.tolist():
+        slot = batch.embeds[b, pointers[(b, q)]]
+        assert any(torch.allclose(slot, f, atol=1e-5) and a == tuple(attributes) for f, a in known)
 
 
 def test_attention_targets_point_at_the_meant_region_its_phrase_and_the_caption_region():
