@@ -74,7 +74,7 @@ class TrainSettings:
     lm_lr: float = 1e-3
     max_rounds: int = 6  # rounds per conversation: more supervised answers per pass over the image tokens
     attention_weight: float = 1.0  # weight of the attention supervision (see attention_targets); 0 = off
-    query_attribute_weight: float = 1.0  # weight of naming the meant object at the pointer's input; 0 = off
+    probe_weight: float = 1.0  # weight of the PointerProbeHeads losses; 0 = off
     save_every: int = 200
     threads: int = 2
 
@@ -141,6 +141,34 @@ class AttributeHeads(nn.Module):
         """x (n, dim); attributes (n, 3): kind, colour and size indices (see ``object_attributes``)."""
         return (F.cross_entropy(self.kind(x), attributes[:, 0]) + F.cross_entropy(self.color(x), attributes[:, 1])
                 + 0.5 * F.cross_entropy(self.size(x), attributes[:, 2]))
+
+
+class PointerProbeHeads(nn.Module):
+    """Training-only heads on the LLM's hidden states around the pointer's layer (not saved with the model).
+
+    ``query`` names the meant object at the pointer's input; ``slot_index`` reads K at region K's ``<region>``
+    slot (pointer input), ``pointer_index`` reads it after the pointer's layer at the position that must
+    answer ``<rK>``: the index a pointer answer copies must be there to copy, and arrive.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query = AttributeHeads(dim)
+        self.slot_index = nn.Linear(dim, NUM_REGION_INDEX_TOKENS)
+        self.pointer_index = nn.Linear(dim, NUM_REGION_INDEX_TOKENS)
+
+    def loss(self, hidden_states: tuple[Tensor, ...], batch: "LanguageBatch") -> Tensor:
+        layer = SUPERVISED_HEADS["pointer"][0]
+        before, after = hidden_states[layer], hidden_states[layer + 1]  # input and output of the pointer's layer
+        losses = []
+        rows = batch.query_attributes
+        if len(rows):
+            losses.append(self.query.loss(before[rows[:, 0], rows[:, 1]], rows[:, 2:]))
+        for head, states, rows in ((self.slot_index, before, batch.region_slots),
+                                   (self.pointer_index, after, batch.pointers)):
+            if len(rows):
+                losses.append(F.cross_entropy(head(states[rows[:, 0], rows[:, 1]]), rows[:, 2]))
+        return torch.stack(losses).sum() if losses else before.sum() * 0.0
 
 
 def object_attributes(obj) -> tuple[int, int, int]:
@@ -274,6 +302,8 @@ class LanguageBatch:
     labels: Tensor  # (B, L) target ids, IGNORE_INDEX where unsupervised
     attention: dict[str, Tensor]  # head name -> (n, 4) rows (target, batch, query, key); see attention_loss
     query_attributes: Tensor  # (n, 5) rows (batch, position predicting a pointer <rK>, kind, colour, size)
+    region_slots: Tensor  # (n, 3) rows (batch, position of region K's <region> slot, K)
+    pointers: Tensor  # (n, 3) rows (batch, position predicting a pointer <rK>, K)
 
 
 def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenIds, cache, rng, tasks, settings,
@@ -288,7 +318,7 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
     embeds, labels = [], []
     attention: dict[str, list] = {name: [] for name in SUPERVISED_HEADS}
     num_targets = dict.fromkeys(SUPERVISED_HEADS, 0)
-    query_attributes = []
+    query_attributes, region_slots, pointers = [], [], []
     markup = Markup.of(tokenizer)
     for b in range(settings.lm_batch):
         while True:
@@ -318,6 +348,8 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
                 num_targets[name] += 1
         new_index = {old: new for new, old in enumerate(perm)}
         object_at = {new_index[r]: item.scene.objects[o] for o, r in enumerate(item.object_region)}
+        region_slots += [(b, q - start, (q - list_start - 1) // 2) for q, _ in targets["index_copy"]]
+        pointers += [(b, q - start, (k - list_start - 1) // 2) for q, (k,) in targets["pointer"]]
         for q, (k,) in targets["pointer"]:
             obj = object_at.get((k - list_start - 1) // 2)
             if obj is not None:
@@ -332,7 +364,8 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
         mask[i, : len(e)] = 1
     targets = {name: torch.tensor(rows, dtype=torch.long).reshape(-1, 4) for name, rows in attention.items()}
     return LanguageBatch(padded, mask, padded_labels, targets,
-                         torch.tensor(query_attributes, dtype=torch.long).reshape(-1, 5))
+                         *(torch.tensor(rows, dtype=torch.long).reshape(-1, width)
+                           for rows, width in ((query_attributes, 5), (region_slots, 3), (pointers, 3))))
 
 
 #: Heads whose attention is supervised in training: name -> (layer, head). Early layers feed later ones: the
@@ -459,14 +492,13 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
     region_params = [p for m in (roi.flatten_linear, roi.pos_embedd) for p in m.parameters()]
     other_params = [p for m in (roi.updims, model.img_txt_bridge, model.llm, model.new_input_embs, model.extra_lm_head)
                     for p in m.parameters()]
-    # what the pointer head reads at an answer's <rK>: trained to name the meant object (training-only heads)
-    query_heads = AttributeHeads(model.config.llm.hidden_size)
-    params = region_params + other_params + list(query_heads.parameters())
+    probes = PointerProbeHeads(model.config.llm.hidden_size)
+    params = region_params + other_params + list(probes.parameters())
     opt = torch.optim.AdamW([{"params": region_params, "lr_scale": settings.region_lr_scale},
-                             {"params": other_params + list(query_heads.parameters()), "lr_scale": 1.0}],
+                             {"params": other_params + list(probes.parameters()), "lr_scale": 1.0}],
                             lr=settings.lm_lr, weight_decay=0.0)
     path = out / f"stage{stage}.pt"
-    step = _load_progress(path, model, opt, query_heads) if resume else 0
+    step = _load_progress(path, model, opt, probes) if resume else 0
     rng = random.Random(seed * 7919 + stage * 104_729 + step)
     model.train()
     supervise = settings.attention_weight > 0
@@ -484,18 +516,16 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
         targets = batch.labels[:, 1:].reshape(-1)
         loss_lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX)
         loss_attn = attention_loss(out.attentions, batch.attention) if supervise else torch.zeros(())
-        rows = batch.query_attributes
-        pointer_input = out.hidden_states[SUPERVISED_HEADS["pointer"][0]]  # input of the pointer's layer
-        loss_query = query_heads.loss(pointer_input[rows[:, 0], rows[:, 1]], rows[:, 2:]) if len(rows) else torch.zeros(())
-        loss = loss_lm + settings.attention_weight * loss_attn + settings.query_attribute_weight * loss_query
+        loss_probe = probes.loss(out.hidden_states, batch)
+        loss = loss_lm + settings.attention_weight * loss_attn + settings.probe_weight * loss_probe
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        bar.set_postfix(lm=f"{loss_lm.item():.3f}", attn=f"{loss_attn.item():.3f}", query=f"{loss_query.item():.3f}")
+        bar.set_postfix(lm=f"{loss_lm.item():.3f}", attn=f"{loss_attn.item():.3f}", probe=f"{loss_probe.item():.3f}")
         if (step + 1) % settings.save_every == 0:
-            _save_progress(path, model, opt, step + 1, query_heads)
-    _save_progress(path, model, opt, steps, query_heads)
+            _save_progress(path, model, opt, step + 1, probes)
+    _save_progress(path, model, opt, steps, probes)
     model.llm.config._attn_implementation = implementation
     model.eval()
 

@@ -87,33 +87,39 @@ def test_calibrated_projections_write_at_a_workable_scale_and_keep_stage1_featur
         assert 0.03 < out.std().item() < 0.15
 
 
-def test_short_batches_start_at_the_region_list_with_the_same_supervision(tmp_path):
-    tokenizer = build_tokenizer(tmp_path / "tok", PRESETS["smoke"], seed=1)
+@pytest.fixture(scope="module")
+def language_setup(tmp_path_factory):
+    """(tokenizer, untrained model, token ids, smoke settings with a batch of 6, region cache of 3 scenes)."""
+    tokenizer = build_tokenizer(tmp_path_factory.mktemp("tok"), PRESETS["smoke"], seed=1)
     model = GromaModel(tiny_config(tokenizer.base_vocab_size)).eval()
-    tokens = TokenIds.from_lookup(tokenizer.token_to_id)
-    settings = dataclasses.replace(PRESETS["smoke"], cache_scenes=2, lm_batch=2)
-    cache = build_region_cache(model, settings, seed=1)
+    settings = dataclasses.replace(PRESETS["smoke"], cache_scenes=3, lm_batch=6)
+    with torch.no_grad():
+        cache = build_region_cache(model, settings, seed=2)
+    return tokenizer, model, TokenIds.from_lookup(tokenizer.token_to_id), settings, cache
+
+
+def test_short_batches_start_at_the_region_list_with_the_same_supervision(language_setup):
+    tokenizer, model, tokens, settings, cache = language_setup
     with torch.no_grad():
         full = _language_batch(model, tokenizer, tokens, cache, random.Random(4), ("rec",), settings)
         short = _language_batch(model, tokenizer, tokens, cache, random.Random(4), ("rec",), settings, short=True)
     cut = full.embeds.shape[1] - short.embeds.shape[1]
     assert cut > model.num_image_tokens  # system prompt, first round and image tokens are gone
     r0 = model.embed_ids(torch.tensor([tokens.region_index_first]))[0]
-    for i in range(2):
+    for i in range(settings.lm_batch):
         torch.testing.assert_close(short.embeds[i, 0], r0)
         assert short.labels[i].tolist() == full.labels[i, cut:].tolist()  # every supervised token kept
     for name in SUPERVISED_HEADS:  # the same attention targets, shifted with the sequence
         shifted = full.attention[name] - torch.tensor([0, 0, cut, cut])
         assert short.attention[name].tolist() == shifted.tolist()
-    assert short.query_attributes[:, 2:].tolist() == full.query_attributes[:, 2:].tolist()
+    for name in ("query_attributes", "region_slots", "pointers"):  # (batch, position, ...) rows, shifted too
+        rows_full, rows_short = getattr(full, name), getattr(short, name)
+        assert rows_short[:, 1].tolist() == (rows_full[:, 1] - cut).tolist()
+        assert rows_short[:, 2:].tolist() == rows_full[:, 2:].tolist()
 
 
-def test_query_attributes_name_the_object_whose_region_the_pointer_means(tmp_path):
-    tokenizer = build_tokenizer(tmp_path / "tok", PRESETS["smoke"], seed=1)
-    model = GromaModel(tiny_config(tokenizer.base_vocab_size)).eval()
-    tokens = TokenIds.from_lookup(tokenizer.token_to_id)
-    settings = dataclasses.replace(PRESETS["smoke"], cache_scenes=3, lm_batch=6)
-    cache = build_region_cache(model, settings, seed=2)
+def test_pointer_rows_name_the_object_and_index_of_the_region_the_pointer_means(language_setup):
+    tokenizer, model, tokens, settings, cache = language_setup
     with torch.no_grad():
         batch = _language_batch(model, tokenizer, tokens, cache, random.Random(0), ("rec", "command"), settings,
                                 short=True)
@@ -125,6 +131,12 @@ def test_query_attributes_name_the_object_whose_region_the_pointer_means(tmp_pat
     for b, q, *attributes in batch.query_attributes.tolist():
         slot = batch.embeds[b, pointers[(b, q)]]
         assert any(torch.allclose(slot, f, atol=1e-5) and a == tuple(attributes) for f, a in known)
+    r0 = tokens.region_index_first
+    for b, q, k in batch.pointers.tolist():  # K is the answer's <rK>, and its slot is region K's
+        assert batch.labels[b, q + 1] == r0 + k
+        assert (b, pointers[(b, q)], k) in {tuple(row) for row in batch.region_slots.tolist()}
+    for b, position, k in batch.region_slots.tolist():  # short sequences: <rK> just before region K's slot
+        torch.testing.assert_close(batch.embeds[b, position - 1], model.embed_ids(torch.tensor([r0 + k]))[0])
 
 
 def test_attention_targets_point_at_the_meant_region_its_phrase_and_the_caption_region():
