@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"ros_smoke_run: node {args.node!r} up after {time.monotonic() - started:.1f} s")
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
+        try:
+            code = proc.wait(timeout=60)  # a loaded 2-core machine needs more than the usual ~1 s
+        except subprocess.TimeoutExpired:
+            print("ros_smoke_run: FAIL: still running 60 s after SIGINT", file=sys.stderr)
+            return 1
     finally:
         if proc.poll() is None:
             proc.kill()
