@@ -21,7 +21,10 @@ one head per circuit the pointer needs (``attention_targets``), with training-on
 pointer's input name the meant object's kind, colour and size (without them, after 3000 short steps, a linear
 probe read neither colour nor kind at the pointer's input, 0.08 / 0.11, and the pointer's attention peaked on
 the meant region for 0.23 of unseen commands; with them, after 600 steps, the probe reads 0.99 / 1.00 and the
-attention peaks on the meant region for 0.75 of unseen commands and 0.42 of REC queries); and, not shown to help on their own, the layers writing into its embedding space starting at a
+attention peaks on the meant region for 0.75 of unseen commands and 0.42 of REC queries) and read the meant
+region's index K at its slot and after the pointer's layer (``PointerProbeHeads``; teacher-forced ``<rK>`` answers
+on unseen short sequences after 600 steps: commands 0.725 and REC 0.275, against 0.075 and 0.125 without the
+index heads); and, not shown to help on their own, the layers writing into its embedding space starting at a
 workable scale (``calibrate_projections``) and supervised region-list ``<rK>`` tokens (``_label_region_list``).
 
 Region order is randomly permuted per sample (as the original does in training) so that no region index
