@@ -43,7 +43,7 @@ TEST_NAMESPACE: str = f"/groma_test_{os.getpid()}_{_RANDOM.getrandbits(32):08x}"
 
 
 def ros_args_namespace() -> list[str]:
-    """``--ros-args`` remapping that puts a subprocess's node into TEST_NAMESPACE."""
+    """``--ros-args`` remapping that puts every node of a process (or rclpy context) into TEST_NAMESPACE."""
     return ["-r", f"__ns:={TEST_NAMESPACE}"]
 
 
