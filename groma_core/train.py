@@ -351,12 +351,12 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
                 num_targets[name] += 1
         new_index = {old: new for new, old in enumerate(perm)}
         object_at = {new_index[r]: item.scene.objects[o] for o, r in enumerate(item.object_region)}
-        region_slots += [(b, q - start, (q - list_start - 1) // 2) for q, _ in targets["index_copy"]]
-        pointers += [(b, q - start, (k - list_start - 1) // 2) for q, (k,) in targets["pointer"]]
-        for q, (k,) in targets["pointer"]:
-            obj = object_at.get((k - list_start - 1) // 2)
-            if obj is not None:
-                query_attributes.append((b, q - start, *object_attributes(obj)))
+        region_slots += [(b, q - start, k) for k, (q, _) in enumerate(targets["index_copy"])]  # region k's slot
+        for q, (slot,) in targets["pointer"]:
+            k = (slot - list_start - 1) // 2  # the region whose <region> slot the pointer targets
+            pointers.append((b, q - start, k))
+            if k in object_at:
+                query_attributes.append((b, q - start, *object_attributes(object_at[k])))
     length = max(len(e) for e in embeds)
     mask = torch.zeros(len(embeds), length, dtype=torch.long)
     padded = torch.zeros(len(embeds), length, embeds[0].shape[-1])
@@ -504,7 +504,7 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
     step = _load_progress(path, model, opt, probes) if resume else 0
     rng = random.Random(seed * 7919 + stage * 104_729 + step)
     model.train()
-    supervise = settings.attention_weight > 0
+    supervise, probing = settings.attention_weight > 0, settings.probe_weight > 0
     implementation = model.llm.config._attn_implementation
     if supervise:
         model.llm.config._attn_implementation = "eager"  # the fused kernels do not return attention weights
@@ -514,12 +514,12 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
         _set_lr(opt, _lr(step, steps, settings.lm_lr))
         batch = _language_batch(model, tokenizer, tokens, cache, rng, TASKS, settings, short=stage == 2)
         out = model.llm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask, output_attentions=supervise,
-                              output_hidden_states=True)
+                              output_hidden_states=probing)
         logits = model.lm_logits(out.last_hidden_state[:, :-1])
         targets = batch.labels[:, 1:].reshape(-1)
         loss_lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX)
         loss_attn = attention_loss(out.attentions, batch.attention) if supervise else torch.zeros(())
-        loss_probe = probes.loss(out.hidden_states, batch)
+        loss_probe = probes.loss(out.hidden_states, batch) if probing else torch.zeros(())
         loss = loss_lm + settings.attention_weight * loss_attn + settings.probe_weight * loss_probe
         opt.zero_grad(set_to_none=True)
         loss.backward()
