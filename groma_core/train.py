@@ -24,10 +24,7 @@ the meant region for 0.23 of unseen commands; with them, after 600 steps, the pr
 attention peaks on the meant region for 0.75 of unseen commands and 0.42 of REC queries) and read the meant
 region's index K at its slot and after the pointer's layer (``PointerProbeHeads``; teacher-forced ``<rK>`` answers
 on unseen short sequences after 600 steps: commands 0.725 and REC 0.275, against 0.075 and 0.125 without the
-index heads); an ``existence`` head and probe where an answer starts, which look for the region the answer will
-name, or at ``<r0>`` when the described object is absent (the full run without them answered "not found" for
-0.39 of unseen one-attribute commands and 0.56 of such REC queries whose object was there); and, not shown to
-help on their own, the layers writing into its embedding space starting at a
+index heads); and, not shown to help on their own, the layers writing into its embedding space starting at a
 workable scale (``calibrate_projections``) and supervised region-list ``<rK>`` tokens (``_label_region_list``).
 
 Region order is randomly permuted per sample (as the original does in training) so that no region index
@@ -154,9 +151,7 @@ class PointerProbeHeads(nn.Module):
 
     ``query`` names the meant object at the pointer's input; ``slot_index`` reads K at region K's ``<region>``
     slot (pointer input), ``pointer_index`` reads it after the pointer's layer at the position that must
-    answer ``<rK>``: the index a pointer answer copies must be there to copy, and arrive. ``exists`` reads,
-    after that layer, at the position that starts an answer, whether the answer names a region (the
-    described object is there) or says it is absent.
+    answer ``<rK>``: the index a pointer answer copies must be there to copy, and arrive.
     """
 
     def __init__(self, dim: int) -> None:
@@ -164,7 +159,6 @@ class PointerProbeHeads(nn.Module):
         self.query = AttributeHeads(dim)
         self.slot_index = nn.Linear(dim, NUM_REGION_INDEX_TOKENS)
         self.pointer_index = nn.Linear(dim, NUM_REGION_INDEX_TOKENS)
-        self.exists = nn.Linear(dim, 2)
 
     def loss(self, hidden_states: tuple[Tensor, ...], batch: "LanguageBatch") -> Tensor:
         layer = SUPERVISED_HEADS["pointer"][0]
@@ -174,8 +168,7 @@ class PointerProbeHeads(nn.Module):
         if len(rows):
             losses.append(self.query.loss(before[rows[:, 0], rows[:, 1]], rows[:, 2:]))
         for head, states, rows in ((self.slot_index, before, batch.region_slots),
-                                   (self.pointer_index, after, batch.pointers),
-                                   (self.exists, after, batch.existence)):
+                                   (self.pointer_index, after, batch.pointers)):
             if len(rows):
                 losses.append(F.cross_entropy(head(states[rows[:, 0], rows[:, 1]]), rows[:, 2]))
         return torch.stack(losses).sum() if losses else before.sum() * 0.0
@@ -314,7 +307,6 @@ class LanguageBatch:
     query_attributes: Tensor  # (n, 5) rows (batch, position predicting a pointer <rK>, kind, colour, size)
     region_slots: Tensor  # (n, 3) rows (batch, position of region K's <region> slot, K)
     pointers: Tensor  # (n, 3) rows (batch, position predicting a pointer <rK>, K)
-    existence: Tensor  # (n, 3) rows (batch, position predicting a round's first answer token, 1 if it names a region)
 
 
 def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenIds, cache, rng, tasks, settings,
@@ -329,7 +321,7 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
     embeds, labels = [], []
     attention: dict[str, list] = {name: [] for name in SUPERVISED_HEADS}
     num_targets = dict.fromkeys(SUPERVISED_HEADS, 0)
-    query_attributes, region_slots, pointers, existence = [], [], [], []
+    query_attributes, region_slots, pointers = [], [], []
     markup = Markup.of(tokenizer)
     for b in range(settings.lm_batch):
         while True:
@@ -360,7 +352,6 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
         new_index = {old: new for new, old in enumerate(perm)}
         object_at = {new_index[r]: item.scene.objects[o] for o, r in enumerate(item.object_region)}
         region_slots += [(b, q - start, k) for k, (q, _) in enumerate(targets["index_copy"])]  # region k's slot
-        existence += [(b, q - start, int(key != list_start)) for q, (key,) in targets["existence"]]
         for q, (slot,) in targets["pointer"]:
             k = (slot - list_start - 1) // 2  # the region whose <region> slot the pointer targets
             pointers.append((b, q - start, k))
@@ -377,14 +368,12 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
     targets = {name: torch.tensor(rows, dtype=torch.long).reshape(-1, 4) for name, rows in attention.items()}
     return LanguageBatch(padded, mask, padded_labels, targets,
                          *(torch.tensor(rows, dtype=torch.long).reshape(-1, width)
-                           for rows, width in ((query_attributes, 5), (region_slots, 3), (pointers, 3),
-                                               (existence, 3))))
+                           for rows, width in ((query_attributes, 5), (region_slots, 3), (pointers, 3))))
 
 
 #: Heads whose attention is supervised in training: name -> (layer, head). Early layers feed later ones: the
 #: index copy (layer 0) and the phrase gathering (layer 1) must be in place before the pointer (layer 2) uses them.
-SUPERVISED_HEADS = {"index_copy": (0, 0), "read_refer": (1, 0), "gather_phrase": (1, 1), "pointer": (2, 0),
-                    "existence": (2, 1)}
+SUPERVISED_HEADS = {"index_copy": (0, 0), "read_refer": (1, 0), "gather_phrase": (1, 1), "pointer": (2, 0)}
 
 
 @dataclass(frozen=True)
@@ -416,18 +405,14 @@ def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_reg
       question (from the end of the previous turn);
     * ``pointer``: that position attends to region K's ``<region>`` slot, from which it copies the index;
     * ``read_refer``: every position that predicts an answer token of a round whose question holds a
-      ``<refer_feat>`` (a region caption) attends to that ``<refer_feat>``;
-    * ``existence``: the position that predicts a round's first answer token (``<p>``/``<roi>`` or "There is
-      no ...") attends to the slot of the first region the answer names, or, when it names none (the
-      described object is absent), to the list's ``<r0>`` token, which no region's slot is. Whether the object
-      exists is decided there, before any pointer; ``gather_phrase`` also brings the question to that position.
+      ``<refer_feat>`` (a region caption) attends to that ``<refer_feat>``.
 
     Training-only: a loss on attention weights, nothing in the model changes.
     """
     list_end = list_start + 2 * num_regions
     out: dict[str, list[tuple[int, list[int]]]] = {
         "index_copy": [(list_start + 2 * k + 1, [list_start + 2 * k]) for k in range(num_regions)],
-        "gather_phrase": [], "pointer": [], "read_refer": [], "existence": []}
+        "gather_phrase": [], "pointer": [], "read_refer": []}
     ids, lab = expanded.tolist(), labels.tolist()
     refer, in_answer, question_start = None, False, list_end
     for q in range(list_end, len(ids) - 1):
@@ -436,10 +421,6 @@ def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_reg
             refer, question_start = None, q + 1
         if not in_answer and supervised:
             question = list(range(question_start, q + 1))
-            if refer is None:  # a round about a described object (not a caption of a given region)
-                k = _first_region_named(lab, q, num_regions, tokens)
-                out["existence"].append((q, [list_start if k is None else list_start + 2 * k + 1]))
-                out["gather_phrase"].append((q, question))
         in_answer = supervised
         if ids[q] == tokens.eos and not supervised:  # an unsupervised turn ended (the fixed first answer)
             question_start = q + 1
@@ -454,16 +435,6 @@ def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_reg
         if refer is not None:
             out["read_refer"].append((q, [refer]))
     return out
-
-
-def _first_region_named(labels: list[int], q: int, num_regions: int, tokens: TokenIds) -> int | None:
-    """K of the first ``<rK>`` in the answer whose first token ``labels[q + 1]`` is; None if it names none."""
-    while q + 1 < len(labels) and labels[q + 1] != IGNORE_INDEX:
-        k = tokens.region_index_of(labels[q + 1])
-        if k is not None and k < num_regions:
-            return k
-        q += 1
-    return None
 
 
 def _phrase_before(ids: list[int], q: int, tokens: TokenIds, markup: Markup) -> list[int]:

@@ -112,7 +112,7 @@ def test_short_batches_start_at_the_region_list_with_the_same_supervision(langua
     for name in SUPERVISED_HEADS:  # the same attention targets, shifted with the sequence
         shifted = full.attention[name] - torch.tensor([0, 0, cut, cut])
         assert short.attention[name].tolist() == shifted.tolist()
-    for name in ("query_attributes", "region_slots", "pointers", "existence"):  # (batch, position, ...) rows, shifted too
+    for name in ("query_attributes", "region_slots", "pointers"):  # (batch, position, ...) rows, shifted too
         rows_full, rows_short = getattr(full, name), getattr(short, name)
         assert rows_short[:, 1].tolist() == (rows_full[:, 1] - cut).tolist()
         assert rows_short[:, 2:].tolist() == rows_full[:, 2:].tolist()
@@ -156,25 +156,9 @@ def test_attention_targets_point_at_the_meant_region_its_phrase_and_the_caption_
     assert targets["index_copy"] == [(2, [1]), (4, [3]), (6, [5])]  # <region> slot -> its <rK>
     # the positions predicting <r2>, <r0>, <r1> -> those regions' <region> slots
     assert targets["pointer"] == [(9, [6]), (18, [2]), (19, [4])]
-    # REC: the question (7, 8 and the position predicting the answer's first token); command: its phrase;
-    # and at each answer's start (8, 13) its round's question, to decide whether the object is there
-    assert targets["gather_phrase"] == [(8, [7, 8]), (9, [7, 8]), (13, [12, 13]), (18, [15, 16]), (19, [15, 16])]
+    # REC: the question (7, 8 and the position predicting the answer's first token); command: its phrase
+    assert targets["gather_phrase"] == [(9, [7, 8]), (18, [15, 16]), (19, [15, 16])]
     assert targets["read_refer"] == [(24, [23]), (25, [23])]  # only the caption round reads <refer_feat>
-    # an answer's start -> the slot of the first region it names; the caption round has none
-    assert targets["existence"] == [(8, [6]), (13, [2])]
-
-
-def test_an_answer_that_names_no_region_looks_for_its_object_at_r0():
-    tokens = _tokens()
-    markup = Markup(phrase_open=700, phrase_close=701, roi_open=702)
-    I = IGNORE_INDEX
-    # region list of 2, then a round answered "There is no ..." (30 31 32 </s>)
-    expanded = torch.tensor([1, 600, tokens.region, 601, tokens.region, 10, 11, 30, 31, 32, 2])
-    labels = torch.tensor([I] * 7 + [30, 31, 32, 2])
-    targets = attention_targets(expanded, labels, list_start=1, num_regions=2, tokens=tokens, markup=markup)
-    assert targets["existence"] == [(6, [1])]  # <r0> itself, which is no region's slot
-    assert targets["gather_phrase"] == [(6, [5, 6])]
-    assert targets["pointer"] == []
 
 
 def test_rec_phrase_gathering_starts_after_the_previous_turn():
@@ -186,7 +170,7 @@ def test_rec_phrase_gathering_starts_after_the_previous_turn():
     labels = torch.tensor([I] * 10 + [O, 601, 2])
     targets = attention_targets(expanded, labels, list_start=1, num_regions=2, tokens=tokens, markup=markup)
     assert targets["pointer"] == [(10, [4])]
-    assert targets["gather_phrase"] == [(9, [8, 9]), (10, [8, 9])]  # not the first answer's 20, 21
+    assert targets["gather_phrase"] == [(10, [8, 9])]  # not the first answer's 20, 21
 
 
 def test_attention_loss_is_the_negative_log_attention_mass_on_each_targets_keys():
@@ -197,17 +181,3 @@ def test_attention_loss_is_the_negative_log_attention_mass_on_each_targets_keys(
     rows["pointer"] = torch.tensor([[0, 0, 3, 1], [2, 0, 4, 0], [2, 0, 4, 2]])  # target 1 has no rows
     expected = -(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.4))) / 2  # one head: sum = its mean
     assert attention_loss(tuple(layers), rows).item() == pytest.approx(expected.item())
-
-
-def test_existence_rows_say_whether_each_answer_names_a_region(language_setup):
-    tokenizer, model, tokens, settings, cache = language_setup
-    with torch.no_grad():
-        batch = _language_batch(model, tokenizer, tokens, cache, random.Random(3), ("rec", "negative_command"),
-                                settings, short=True)
-    markup = Markup.of(tokenizer)
-    found = {row[2] for row in batch.existence.tolist()}
-    assert found == {0, 1}  # both kinds of answer occur in this batch
-    for b, q, exists in batch.existence.tolist():
-        first_answer_token = int(batch.labels[b, q + 1])
-        assert batch.labels[b, q] == IGNORE_INDEX  # q is the last position of the question
-        assert (first_answer_token in (markup.phrase_open, markup.roi_open)) == bool(exists)
