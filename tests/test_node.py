@@ -32,7 +32,7 @@ import ros_env  # noqa: E402
 from groma_core.errors import CheckpointError, GromaInputError  # noqa: E402
 from groma_ros.conversions import bbox2d_to_xyxy, xyxy_to_bbox2d  # noqa: E402
 from groma_ros.msg import GroundingResult  # noqa: E402
-from groma_ros.node import PARAMETERS, GromaNode, validate_command  # noqa: E402
+from groma_ros.node import PARAMETERS, GromaNode, spin, validate_command  # noqa: E402
 from groma_ros.srv import Ground  # noqa: E402
 
 S = GroundingResult
@@ -128,7 +128,7 @@ class Harness:
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.peer)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread = threading.Thread(target=spin, args=(self.executor,), daemon=True)
         self.thread.start()
 
     def up(self) -> None:
@@ -526,3 +526,25 @@ def test_no_image_warning_fires_once_and_names_the_topic() -> None:
         assert len(warnings) == 1 and "/quiet/image" in warnings[0] and "reliability" in warnings[0]
     finally:
         harness.close()
+
+
+def test_spin_survives_an_entity_destroyed_while_the_wait_set_is_built() -> None:
+    """rclpy's executor raises InvalidHandle when a transition destroys a subscription's event handler
+    while it builds its wait set (seen under CPU load); the node's spin goes on instead of ending."""
+    from rclpy.exceptions import InvalidHandle
+
+    class RacingExecutor:
+        def __init__(self) -> None:
+            self.context, self.calls = self, 0
+
+        def ok(self) -> bool:
+            return True
+
+        def spin(self) -> None:
+            self.calls += 1
+            if self.calls < 3:
+                raise InvalidHandle("cannot use Destroyable because destruction was requested")
+
+    executor = RacingExecutor()
+    spin(executor)  # type: ignore[arg-type]
+    assert executor.calls == 3
