@@ -283,7 +283,8 @@ def _conversation(item: CachedScene, rng: random.Random, tasks, max_rounds: int)
     position = {old: new for new, old in enumerate(perm)}  # region old index -> new index
     turns, refer = [], []
     for _ in range(rng.randint(1, max_rounds)):
-        sample = language.sample_language(item.scene, rng, task=rng.choice(tasks))
+        task = rng.choices(tasks, weights=[language.TASK_WEIGHTS[t] for t in tasks])[0]
+        sample = language.sample_language(item.scene, rng, task=task)
         if sample is None:
             continue
         pieces = []
