@@ -86,7 +86,6 @@ PRESETS = {"tiny": TrainSettings(), "smoke": TrainSettings(
     tokenizer_vocab=400, tokenizer_scenes=60, stage1_steps=3, stage1_batch=2, cache_scenes=6,
     stage2_steps=3, stage3_steps=3, lm_batch=2, save_every=2)}
 
-TASKS = ("rec", "command", "command2", "caption", "describe", "negative_rec", "negative_command")
 SIZE_WORDS = ("small", "medium", "large")
 
 
@@ -108,7 +107,7 @@ def build_tokenizer(out: Path, settings: TrainSettings, seed: int) -> GromaToken
     sentences += [t.replace("{}", "") for t in prompts.REC_TEMPLATES + prompts.BRIEF_REGION_CAPTION_TEMPLATES]
     for i in range(settings.tokenizer_scenes):
         scene = render_scene(seed * 1_000_003 + 7_000_000 + i)
-        for task in TASKS:
+        for task in language.TASKS:
             sample = language.sample_language(scene, rng, task=task)
             if sample is None:
                 continue
@@ -513,7 +512,7 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
     bar = tqdm(range(step, steps), desc=f"stage {stage} {name}", initial=step, total=steps)
     for step in bar:
         _set_lr(opt, _lr(step, steps, settings.lm_lr))
-        batch = _language_batch(model, tokenizer, tokens, cache, rng, TASKS, settings, short=stage == 2)
+        batch = _language_batch(model, tokenizer, tokens, cache, rng, language.TASKS, settings, short=stage == 2)
         out = model.llm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask, output_attentions=supervise,
                               output_hidden_states=probing)
         logits = model.lm_logits(out.last_hidden_state[:, :-1])
