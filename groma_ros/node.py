@@ -22,8 +22,8 @@ FIFO queue that a single worker thread drains, so commands run in arrival order,
 an image callback, and an image flood cannot delay them beyond the model's own time.  Every
 callback returns at once (the service awaits its job without blocking), so one
 SingleThreadedExecutor serves them all.  rclpy's MultiThreadedExecutor is not used: on a 2-core
-machine it delivered images up to 3 s late (median 35 ms, against 1 ms single-threaded; measured
-with the test harness, rclpy 9.1.2).
+machine it delivered images up to 5 s late (medians 20-45 ms; single-threaded, at most 1 ms;
+measured with the test harness, rclpy 9.1.2).
 
 3D: depth and camera_info callbacks only store the message in a small stamp-indexed buffer
 (``groma_ros.spatial.StampBuffer``).  For each grounded command the worker takes the depth image
@@ -50,8 +50,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidHandle, InvalidParameterValueException
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.task import Future
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from vision_msgs.msg import BoundingBox2D, Detection2DArray, Detection3DArray
@@ -764,12 +764,12 @@ class GromaNode(LifecycleNode):
 def spin(executor: Executor) -> None:
     """``executor.spin()`` until shutdown, surviving entities destroyed while it builds its wait set.
 
-    A lifecycle transition destroys subscriptions (deactivate) and publishers (cleanup) in a callback
-    thread, or in the caller's thread when triggered in process. rclpy's executor may be adding one of
-    their QoS event handlers to its wait set at that moment and then raises ``InvalidHandle``, which
-    ends ``spin()``: every later callback is silently lost (ros2/rclpy#1284, open upstream; seen here
-    in the test suite under CPU load). The next pass no longer sees the destroyed entity, so spinning
-    on is safe.
+    A lifecycle transition destroys subscriptions (deactivate) and publishers (cleanup). When it is
+    triggered from a thread other than the executor's (in process: the tests, a composing program),
+    rclpy's executor may be adding one of their QoS event handlers to its wait set at that moment and
+    then raises ``InvalidHandle``, which ends ``spin()``: every later callback is silently lost
+    (ros2/rclpy#1284, open upstream; seen here in the test suite under CPU load). The next pass no
+    longer sees the destroyed entity, so spinning on is safe.
     """
     while executor.context.ok():
         try:
