@@ -315,7 +315,12 @@ class GromaPipeline:
                               max_new_tokens or MAX_NEW_TOKENS["describe"])
 
     def ask(self, frame: Frame, command: str, refer_boxes_xyxy, max_new_tokens: int | None = None) -> Grounding:
-        """A command that mentions user regions ("what is in region 0?"); boxes in pixel xyxy."""
+        """A command that mentions user regions ("what is in region 0?"); boxes in pixel xyxy.
+
+        With exactly one box, an empty command asks for its caption (as :meth:`describe`).
+        """
+        if refer_boxes_xyxy and len(refer_boxes_xyxy) == 1 and isinstance(command, str) and not command.strip():
+            return self.describe(frame, refer_boxes_xyxy[0], max_new_tokens)
         text = self._check_text(command)
         if not refer_boxes_xyxy:
             return self.ground(frame, text, max_new_tokens)

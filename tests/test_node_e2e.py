@@ -14,6 +14,7 @@ while its weights are not installed).
 from __future__ import annotations
 
 import io
+import math
 import os
 import subprocess
 import sys
@@ -473,14 +474,16 @@ def test_3d_blue_mug_within_3cm(peer: Peer, mugs: Scene, encoding: str) -> None:
 
 
 def test_3d_missing_and_invalid_depth(peer: Peer, mugs: Scene) -> None:
-    """Without depth the 2D result still comes and says 3D is missing; with no readings on the
-    mug, its detection says so and gets no point."""
+    """Without depth the 2D result still comes and says 3D is missing; with no readings in the
+    mug's detected box, its detection says so and gets no point."""
     r = peer.command_on(rgb_to_image_msg(mugs.image, peer.header()), "pick up the blue mug")
     assert r.status == S.STATUS_OK and r.depth_status == Detection3DStatus.STATUS_NO_DEPTH, r.depth_status_message
     assert all(t.status == "NO_DEPTH" for t in targets_3d(r).values())
+    detected = next(d for d in r.detections.detections if d.id == _blue_mug_target(r, mugs))
+    x1, y1, x2, y2 = bbox2d_to_xyxy(detected.bbox)  # the box the node reads depth in, not the true one
+    x1, y1, x2, y2 = max(0, math.floor(x1) - 1), max(0, math.floor(y1) - 1), math.ceil(x2) + 1, math.ceil(y2) + 1
     for encoding, fill in (("16UC1", 0.0), ("32FC1", np.nan)):
         depth_m = mugs.depth_m.copy()
-        x1, y1, x2, y2 = (int(v) for v in unique(mugs, "blue", "mug").box_xyxy)
         depth_m[y1:y2, x1:x2] = fill
         image, depth, info = _rgbd(peer, mugs, encoding, depth_m)
         r = peer.command_on(image, "pick up the blue mug", depth, info)

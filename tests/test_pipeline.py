@@ -68,6 +68,15 @@ def test_user_boxes_become_regions_with_score_one(pipe, frame):
     assert isinstance(g.raw_text, str)
 
 
+def test_an_empty_command_with_one_box_asks_for_its_caption(pipe, frame):
+    box = (470.4, 180.0, 553.6, 300.0)
+    asked = pipe.ask(frame, "  ", [box], max_new_tokens=4)
+    described = pipe.describe(frame, box, max_new_tokens=4)
+    assert asked.query == described.query and asked.token_ids == described.token_ids
+    with pytest.raises(GromaInputError):  # with two boxes nothing says which one
+        pipe.ask(frame, "", [box, (10, 10, 100, 100)])
+
+
 @pytest.mark.parametrize("bad", ["", "   \n\t ", 42, None, "x" * 100_000, "nul\x00byte"])
 def test_bad_commands_are_input_errors(pipe, frame, bad):
     with pytest.raises(GromaInputError):
