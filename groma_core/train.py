@@ -70,7 +70,7 @@ class TrainSettings:
     stage1_lr: float = 4e-4
     cache_scenes: int = 2000
     stage2_steps: int = 3000  # short sequences: about 2x faster per step than stage 3
-    stage3_steps: int = 1000
+    stage3_steps: int = 1600  # 1000 -> 1600: captions 0.74 -> 0.79, 'not found' 0.09 -> 0.14, grounding unchanged
     label_region_list: bool = True  # supervise the region list's <rK> tokens (see _label_region_list)
     region_lr_scale: float = 0.1  # region projection learns slower than the from-scratch LLM (keeps stage-1 features)
     lm_batch: int = 8
@@ -645,7 +645,8 @@ def _run_training(preset: str, out: Path, seed: int, resume: bool) -> Path:
     save_checkpoint(model, final, tokenizer, storage_dtype=torch.float16)
     (final / "training.json").write_text(json.dumps({
         "command": f"groma train --preset {preset} --seed {seed} --out {out}",
-        "seed": seed, "settings": dataclasses.asdict(settings), "seconds": round(time.time() - started),
+        "seed": seed, "settings": dataclasses.asdict(settings), "resumed": resume,
+        "seconds": round(time.time() - started),  # of this invocation (a resumed one skips finished stages)
         "torch": torch.__version__,
     }, indent=2))
     print(f"wrote {final} in {time.time() - started:.0f} s")
