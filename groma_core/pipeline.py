@@ -210,14 +210,14 @@ class GromaPipeline:
         return _RegionContext(selection, regions, features, prefix_ids, out.past_key_values)
 
     # -- cognition -------------------------------------------------------------------------------------
-    def _check_text(self, text: object, what: str = "command") -> str:
+    def _check_text(self, text: object, what: str = "command", allow_empty: bool = False) -> str:
         if not isinstance(text, str):
             raise GromaInputError(f"{what} must be text, not {type(text).__name__}")
         if "\x00" in text:
             raise GromaInputError(f"{what} contains a NUL character")
         # Groma markup typed by a user (e.g. "<image>") would corrupt the prompt's structure
         stripped = " ".join(prompts.strip_markup(text).split())
-        if not stripped:
+        if not stripped and not allow_empty:
             raise GromaInputError(f"{what} is empty")
         if len(stripped) > self.max_input_chars:
             raise GromaInputError(f"{what} is {len(stripped)} characters long; the limit is {self.max_input_chars}")
@@ -319,14 +319,13 @@ class GromaPipeline:
 
         With exactly one box, an empty command asks for its caption (as :meth:`describe`).
         """
-        if refer_boxes_xyxy and len(refer_boxes_xyxy) == 1 and isinstance(command, str) and not command.strip():
-            return self.describe(frame, refer_boxes_xyxy[0], max_new_tokens)
-        text = self._check_text(command)
+        text = self._check_text(command, allow_empty=bool(refer_boxes_xyxy) and len(refer_boxes_xyxy) == 1)
         if not refer_boxes_xyxy:
             return self.ground(frame, text, max_new_tokens)
-        query = prompts.insert_user_regions(text, len(refer_boxes_xyxy))
+        query = prompts.insert_user_regions(text, len(refer_boxes_xyxy))  # empty + one box: the caption query
         boxes = [refer_boxes_xyxy[i] for i in query.refer_order]
-        return self.run_query(frame, query.text, boxes, max_new_tokens)
+        budget = max_new_tokens or (MAX_NEW_TOKENS["describe"] if not text else None)
+        return self.run_query(frame, query.text, boxes, budget)
 
     def chat(self, frame: Frame, history: list[tuple[str, str]], message: str,
              max_new_tokens: int | None = None) -> Grounding:
