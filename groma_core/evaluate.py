@@ -5,7 +5,8 @@ wording split ('eval' mixes phrasings the training data never contains):
 
 - REC: the first region named has IoU >= 0.5 with the target;
 - command: the same for a one-target robot command;
-- two-target command: the first box of the first two grounded phrases match the two targets in order;
+- two-target command: the first box of the first two grounded phrases match the two targets in order
+  (also reported: the first right, the second right, and the same region named for both);
 - not found: a REC query or command for something absent names no region;
 - caption: a caption of the target's true box contains its kind and colour words.
 """
@@ -39,7 +40,8 @@ def _named_boxes(grounding) -> list:
 
 
 def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", progress: bool = True) -> dict:
-    hits = {k: [] for k in ("rec", "command", "command2", "not_found", "caption", "proposer_recall")}
+    hits = {k: [] for k in ("rec", "command", "command2", "command2_first", "command2_second", "command2_same",
+                            "not_found", "caption", "proposer_recall")}
     latencies = {"encode": [], "query": []}
     rng = random.Random(seed_start)
     scenes = range(seed_start, seed_start + n)
@@ -64,9 +66,15 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
             target = scene.objects[sample.target_indices[0]].box_xyxy
             hits[task].append(bool(boxes) and box_iou(boxes[0], target) >= 0.5)
         sample = language.sample_language(scene, rng, "command2", split)
-        boxes = _named_boxes(run(sample))
+        grounding = run(sample)
+        boxes = _named_boxes(grounding)
         targets = [scene.objects[i].box_xyxy for i in sample.target_indices]
-        hits["command2"].append(len(boxes) >= 2 and all(box_iou(b, t) >= 0.5 for b, t in zip(boxes[:2], targets)))
+        right = [len(boxes) > i and box_iou(boxes[i], targets[i]) >= 0.5 for i in (0, 1)]
+        hits["command2"].append(all(right))
+        hits["command2_first"].append(right[0])
+        hits["command2_second"].append(right[1])
+        named = [p.region_indices[0] for p in grounding.phrases if p.region_indices]
+        hits["command2_same"].append(len(named) >= 2 and named[0] == named[1])
         for task in ("negative_rec", "negative_command"):
             sample = language.sample_language(scene, rng, task, split)
             hits["not_found"].append(not run(sample).found)
@@ -85,6 +93,9 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
         "rec_acc_at_0.5": rate(hits["rec"]),
         "command_acc_at_0.5": rate(hits["command"]),
         "two_target_both_right": rate(hits["command2"]),
+        "two_target_first_right": rate(hits["command2_first"]),
+        "two_target_second_right": rate(hits["command2_second"]),
+        "two_target_same_region_twice": rate(hits["command2_same"]),
         "not_found_correct": rate(hits["not_found"]),
         "caption_kind_and_colour": rate(hits["caption"]),
         "proposer_recall_at_0.5": rate(hits["proposer_recall"]),
