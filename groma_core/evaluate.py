@@ -9,6 +9,9 @@ wording split ('eval' mixes phrasings the training data never contains):
   (also reported: the first right, the second right, and the same region named for both);
 - not found: a REC query or command for something absent names no region;
 - caption: a caption of the target's true box contains its kind and colour words.
+
+REC and one-target commands together are also broken down by the form of the description
+(``language.ref_form``: simple attributes, relation, between, ordinal, superlative).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def _named_boxes(grounding) -> list:
 def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", progress: bool = True) -> dict:
     hits = {k: [] for k in ("rec", "command", "command2", "command2_first", "command2_second", "command2_same",
                             "not_found", "caption", "proposer_recall")}
+    by_form: dict[str, list[bool]] = {form: [] for form in language.REF_TYPE_WEIGHTS}
     latencies = {"encode": [], "query": []}
     rng = random.Random(seed_start)
     scenes = range(seed_start, seed_start + n)
@@ -65,6 +69,7 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
             boxes = _named_boxes(run(sample))
             target = scene.objects[sample.target_indices[0]].box_xyxy
             hits[task].append(bool(boxes) and box_iou(boxes[0], target) >= 0.5)
+            by_form[language.ref_form(sample.meta["refs"][0])].append(hits[task][-1])
         sample = language.sample_language(scene, rng, "command2", split)
         boxes = _named_boxes(run(sample))
         targets = [scene.objects[i].box_xyxy for i in sample.target_indices]
@@ -97,6 +102,7 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
         "not_found_correct": rate(hits["not_found"]),
         "caption_kind_and_colour": rate(hits["caption"]),
         "proposer_recall_at_0.5": rate(hits["proposer_recall"]),
+        "grounding_by_form": {form: {"acc_at_0.5": rate(v), "n": len(v)} for form, v in by_form.items()},
         "counts": {k: len(v) for k, v in hits.items()},
         "encode_median_ms": round(statistics.median(latencies["encode"]) * 1000, 1),
         "query_median_ms": round(statistics.median(latencies["query"]) * 1000, 1),

@@ -44,6 +44,7 @@ __all__ = [
     "Ref",
     "TASKS",
     "resolve",
+    "ref_form",
     "sample_language",
     "eval_samples",
     "canonical_phrase",
@@ -513,6 +514,16 @@ def _candidate_refs(scene: Scene, t: int) -> dict[str, list[Ref]]:
 
 
 REF_TYPE_WEIGHTS = {"simple": 0.35, "relation": 0.25, "between": 0.07, "ordinal": 0.15, "superlative": 0.18}
+
+
+def ref_form(ref: Ref) -> str:
+    """The form of a description, one of ``REF_TYPE_WEIGHTS``'s keys: 'between' or 'relation' when it
+    names an anchor, else 'ordinal', 'superlative' or 'simple' (kind, colour and size only)."""
+    if ref.relation is not None:
+        return "between" if ref.relation[0] == "between" else "relation"
+    if ref.ordinal is not None:
+        return "ordinal"
+    return "superlative" if ref.superlative is not None else "simple"
 
 
 def choose_ref(scene: Scene, t: int, rng: random.Random) -> Ref | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from groma_core.evaluate import box_iou, evaluate
+from groma_core.language import Ref, ref_form
 from groma_core.pipeline import GromaPipeline
 from groma_core.train import EVAL_SEED_START
 from groma_core.world import render_scene
@@ -33,6 +34,20 @@ def test_eval_counts_every_task_and_its_rates_agree(pipe):
             found += max(box_iou(obj.box_xyxy, r) for r in regions) >= 0.5
     assert result["proposer_recall_at_0.5"] == round(found / total, 4)
     assert result["split"] == "eval" and result["scenes"] == n
+    # REC and one-target commands, by the form of their description: each query counted once
+    forms = result["grounding_by_form"]
+    assert sum(f["n"] for f in forms.values()) == 2 * n
+    right = sum(f["acc_at_0.5"] * f["n"] for f in forms.values() if f["n"])
+    assert right == pytest.approx((result["rec_acc_at_0.5"] + result["command_acc_at_0.5"]) * n, abs=1e-3)
+
+
+@pytest.mark.parametrize("ref, form", [
+    (Ref("mug", "blue"), "simple"), (Ref("mug", size="large"), "simple"),
+    (Ref("mug", relation=("left_of", Ref("bottle", "red"))), "relation"),
+    (Ref(None, relation=("between", Ref("can"), Ref("box"))), "between"),
+    (Ref("bottle", ordinal=(2, "left")), "ordinal"), (Ref("box", superlative="largest"), "superlative")])
+def test_ref_form_names_what_the_description_uses(ref, form):
+    assert ref_form(ref) == form
 
 
 def test_box_iou_of_pixel_boxes():
