@@ -19,9 +19,14 @@ def pipe():
 def test_eval_counts_every_task_and_its_rates_agree(pipe):
     n = 3
     result = evaluate(pipe, n, EVAL_SEED_START, progress=False)
+    scenes = [render_scene(EVAL_SEED_START + i) for i in range(n)]
+    with_unique = sum(any(sum((x.kind, x.color) == (o.kind, o.color) for x in sc.objects) == 1 for o in sc.objects)
+                      for sc in scenes)
     assert result["counts"] == {"rec": n, "command": n, "command2": n, "command2_first": n, "command2_second": n,
-                                "command2_same": n, "not_found": 2 * n, "caption": n,
-                                "proposer_recall": sum(len(render_scene(EVAL_SEED_START + i).objects) for i in range(n))}
+                                "command2_same": n, "not_found": 2 * n, "false_not_found": 3 * n, "caption": n,
+                                "plain_command": with_unique, "proposer_recall": sum(len(sc.objects) for sc in scenes)}
+    # a query answered "not found" names no box, so it is no REC or command hit
+    assert result["false_not_found"] * 3 + result["rec_acc_at_0.5"] + result["command_acc_at_0.5"] <= 3 + 1e-6
     both = result["two_target_both_right"]
     assert both <= min(result["two_target_first_right"], result["two_target_second_right"])
     # proposer recall, recomputed here from the same scenes
