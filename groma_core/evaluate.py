@@ -93,7 +93,7 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
         obj = scene.objects[sample.refer_indices[0]]
         caption = run(sample, [obj.box_xyxy]).answer.lower()
         hits["caption"].append(obj.kind in caption and obj.color in caption)
-        # drawn with the scene's own generator, so the samples above stay those of earlier versions
+        # a generator of its own, seeded by the scene: the samples drawn above stay those of earlier versions
         unique = [o for o in scene.objects if sum((x.kind, x.color) == (o.kind, o.color) for x in scene.objects) == 1]
         if unique:
             obj = random.Random(seed).choice(unique)
