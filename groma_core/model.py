@@ -26,6 +26,7 @@ from .proposer import Perceiver
 from .region_encoder import RegionEncoder
 from .tokenizer import IGNORE_INDEX, NUM_REGION_INDEX_TOKENS
 from .vision import merge_2x2
+from .word_vectors import WordVectors
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class GromaModel(nn.Module):
         self.region_encoder = RegionEncoder(config)
         self.extra_lm_head = nn.Linear(h, config.num_new_tokens, bias=False)
         self.new_input_embs = nn.Embedding(config.num_new_tokens, h)
+        options = config.options
+        self.word_vectors = (WordVectors(options.word_vector_count, options.word_vector_dim, h)
+                             if options.word_vector_dim else None)  # project option, off in the official model
 
     @property
     def base_vocab_size(self) -> int:
@@ -156,9 +160,17 @@ class GromaModel(nn.Module):
         image_tokens: Tensor | None = None,
         region_features: Tensor | None = None,
         refer_features: Tensor | None = None,
+        word_rows: Tensor | None = None,
     ) -> Tensor:
-        """(L,) expanded ids -> (L, H) embeddings with image / region / refer-feature slots overwritten."""
+        """(L,) expanded ids -> (L, H) embeddings with image / region / refer-feature slots overwritten.
+
+        With word vectors (``word_vectors``), every token of a known word also gets the word's vector:
+        ``word_rows`` (L,) gives the table row per position (-1 = none); None = ``word_vectors.rows(ids)``.
+        """
         embeds = self.embed_ids(expanded_ids)
+        if self.word_vectors is not None:
+            rows = self.word_vectors.rows(expanded_ids) if word_rows is None else word_rows
+            embeds = embeds + self.word_vectors(rows.to(embeds.device)).to(embeds.dtype)
         for token_id, source in (
             (tokens.image, image_tokens),
             (tokens.region, region_features),

@@ -119,6 +119,8 @@ class GromaPipeline:
             raise CheckpointError(
                 f"tokenizer has {len(tokenizer)} tokens but the model's output layer has {model.config.vocab_size}"
             )
+        if model.word_vectors is not None:
+            model.word_vectors.bind(tokenizer)
         self.device = next(model.llm.parameters()).device
         self.dtype = next(model.llm.parameters()).dtype
         self._lock = threading.Lock()

