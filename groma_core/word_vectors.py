@@ -39,7 +39,8 @@ class WordVectors(nn.Module):
     def __init__(self, count: int, dim: int, hidden: int) -> None:
         super().__init__()
         self.register_buffer("table", torch.zeros(count, dim))
-        self.proj = nn.Linear(dim, hidden, bias=False)
+        # zero, and built without drawing random numbers: the rest of the model initialises as without it
+        self.proj = nn.utils.skip_init(nn.Linear, dim, hidden, bias=False)
         nn.init.zeros_(self.proj.weight)  # starts as a no-op on the LLM's input
         self.words: list[str] = []
         self._row: dict[str, int] = {}
