@@ -741,21 +741,34 @@ def _rec_query(expr: str, rng: random.Random, split: str) -> str:
 
 
 def _negative_ref(scene: Scene, rng: random.Random, split: str) -> Ref | None:
-    """A description that matches no object: absent kind, absent colour-kind pair, or an
-    impossible relation."""
+    """A description that matches no object: absent kind, absent colour-kind pair, an ordinal past
+    the count ("the third mug from the left" with two mugs) or an impossible relation."""
     present = {o.kind for o in scene.objects}
     mode = rng.random()
-    if mode < 0.3:
+    if mode < 0.25:
         absent = [k for k in KINDS if k not in present]
         pool = absent + [n for n in ABSENT_NOUNS if split == "eval" or not n.startswith("~")]
         kind = rng.choice(pool)
         color = rng.choice(list(COLOR_WORDS)) if kind in KIND_WORDS and rng.random() < 0.6 else None
         return Ref(kind, color)
-    if mode < 0.75:
+    if mode < 0.65:
         for _ in range(20):
             kind = rng.choice(sorted(present))
             color = rng.choice(list(COLOR_WORDS))
             r = Ref(kind, color)
+            if _nothing(scene, r):
+                return r
+        return None
+    if mode < 0.8:  # one or two places past the last object of a kind (or colour and kind) present
+        heads = sorted({Ref(o.kind) for o in scene.objects} | {Ref(o.kind, o.color) for o in scene.objects},
+                       key=lambda r: (r.kind, r.color or ""))
+        rng.shuffle(heads)
+        for head in heads:
+            count = sum(1 for o in scene.objects if o.kind == head.kind and head.color in (None, o.color))
+            n = count + rng.choice((1, 1, 2))
+            if n > len(ORDINAL_WORDS):
+                continue
+            r = replace(head, ordinal=(n, rng.choice(("left", "right"))))
             if _nothing(scene, r):
                 return r
         return None

@@ -178,6 +178,27 @@ def test_negatives_match_nothing(scenes):
     assert n > 30
 
 
+def test_negatives_in_every_form(scenes):
+    """Absent kinds, absent colours, impossible relations and ordinals past the count all occur."""
+    forms = set()
+    for sc, s in _samples(scenes, per=80):
+        if not s.task.startswith("negative"):
+            continue
+        ref = s.meta["refs"][0]
+        if ref.ordinal:
+            forms.add("ordinal")
+            n, side = ref.ordinal
+            assert n > sum(1 for o in sc.objects if o.kind == ref.kind and ref.color in (None, o.color))
+            assert f"from the {side} in the image." in s.answer[0].text, s.answer[0].text
+        elif ref.relation:
+            forms.add("relation")
+        elif ref.kind not in {o.kind for o in sc.objects}:
+            forms.add("kind")
+        else:
+            forms.add("colour")
+    assert forms == {"ordinal", "relation", "kind", "colour"}
+
+
 def test_canonical_phrase_examples():
     sc = render_scene(0)
     names = {L.canonical_phrase(sc, i) for i in range(len(sc.objects))}
