@@ -77,7 +77,9 @@ class LanguageSample:
     prefix for grounded answers, ``<roi><refer_box></roi><refer_feat>`` for a user box whose object
     is ``refer_indices``). ``target_indices`` are the objects the query refers to, in the order
     they are named (empty for negatives). ``split`` tells which wording pool made it; ``meta``
-    carries the structured referents (``'refs'``: list of :class:`Ref`) for checking.
+    carries the structured referents (``'refs'``: list of :class:`Ref`) for checking and, for
+    commands, ``'referent_texts'``: the text that names each target in the query, in target order
+    (before casing and typos, which may change it).
     """
 
     task: str
@@ -847,7 +849,10 @@ def _make(scene: Scene, rng: random.Random, task: str, split: str) -> LanguageSa
             frame = _pick(rng, COMMAND_FRAMES, split)
             q = GROUNDING_PREFIX + _command_text(frame, frame.format(x=expr), rng, split)
             ans = [Span(realize(answer_ref), [t])]
-        return LanguageSample(task, q, ans, [], [t], split, {"refs": [ref], "answer_refs": [answer_ref]})
+        meta = {"refs": [ref], "answer_refs": [answer_ref]}
+        if task == "command":
+            meta["referent_texts"] = [expr]
+        return LanguageSample(task, q, ans, [], [t], split, meta)
     if task == "command2":
         pick = _two_targets(scene, rng)
         if pick is None:
@@ -857,11 +862,12 @@ def _make(scene: Scene, rng: random.Random, task: str, split: str) -> LanguageSa
         if ra is None or rb is None:
             return None
         frame = _pick(rng, COMMAND2_FRAMES[rel], split)
-        text = frame.format(x=realize(ra, rng, split), y=realize(rb, rng, split))
-        q = GROUNDING_PREFIX + _command_text(frame, text, rng, split)
+        xa, xb = realize(ra, rng, split), realize(rb, rng, split)
+        q = GROUNDING_PREFIX + _command_text(frame, frame.format(x=xa, y=xb), rng, split)
         ca, cb = canonical_ref(scene, a), canonical_ref(scene, b)
         ans = [Span(realize(ca), [a]), Span(ANSWER_JOIN[rel], []), Span(realize(cb), [b])]
-        return LanguageSample(task, q, ans, [], [a, b], split, {"refs": [ra, rb], "answer_refs": [ca, cb], "relation": rel})
+        return LanguageSample(task, q, ans, [], [a, b], split, {"refs": [ra, rb], "answer_refs": [ca, cb],
+                                                                "relation": rel, "referent_texts": [xa, xb]})
     if task == "caption":
         t = rng.randrange(n)
         o = scene.objects[t]

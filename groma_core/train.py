@@ -40,6 +40,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from pathlib import Path
 
 import numpy as np
@@ -278,12 +279,13 @@ def build_region_cache(model: GromaModel, settings: TrainSettings, seed: int) ->
 
 # ------------------------------------------------------------------------------------- stages 2 and 3
 def _conversation(item: CachedScene, rng: random.Random, tasks, max_rounds: int):
-    """Random rounds about one scene: (turns with <rK> markup, refer object order), regions permuted."""
+    """Random rounds about one scene, regions permuted: (turns with <rK> markup, refer object order, the
+    permutation, per turn the query texts that name its answer's grounded phrases (see ``attention_targets``))."""
     n = len(item.boxes)
     perm = list(range(n))
     rng.shuffle(perm)
     position = {old: new for new, old in enumerate(perm)}  # region old index -> new index
-    turns, refer = [], []
+    turns, refer, referents = [], [], []
     for _ in range(rng.randint(1, max_rounds)):
         task = rng.choices(tasks, weights=[language.TASK_WEIGHTS[t] for t in tasks])[0]
         sample = language.sample_language(item.scene, rng, task=task)
@@ -298,7 +300,8 @@ def _conversation(item: CachedScene, rng: random.Random, tasks, max_rounds: int)
             continue
         turns.append((sample.query, answer))
         refer += [position[item.object_region[o]] for o in sample.refer_indices]
-    return turns, refer, perm
+        referents.append(sample.meta.get("referent_texts", []))
+    return turns, refer, perm, referents
 
 
 @dataclass
@@ -326,10 +329,11 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
     num_targets = dict.fromkeys(SUPERVISED_HEADS, 0)
     query_attributes, region_slots, pointers = [], [], []
     markup = Markup.of(tokenizer)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(tokenizer.base_vocab_size)))
     for b in range(settings.lm_batch):
         while True:
             item = cache[rng.randrange(len(cache))]
-            turns, refer, perm = _conversation(item, rng, tasks, settings.max_rounds)
+            turns, refer, perm, referents = _conversation(item, rng, tasks, settings.max_rounds)
             if turns:
                 break
         ids, lab = prompts.build_training_ids(tokenizer, turns)
@@ -343,6 +347,7 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
         if settings.label_region_list:
             lab = _label_region_list(expanded, lab, list_start, len(perm))
         refer_features = features[refer] if refer else None
+        targets = attention_targets(expanded, lab, list_start, len(perm), tokens, markup, referents, pieces)
         rows = None
         if model.word_vectors is not None:
             expanded, rows = _hide_words(model.word_vectors.rows(expanded), expanded, lab, tokenizer.unk_token_id,
@@ -351,7 +356,6 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
         start = list_start if short else 0
         embeds.append(embedded[start:])
         labels.append(lab[start:])
-        targets = attention_targets(expanded, lab, list_start, len(perm), tokens, markup)
         for name, pairs in targets.items():
             for q, keys in pairs:
                 attention[name] += [(num_targets[name], b, q - start, k - start) for k in keys if k >= start]
@@ -404,7 +408,8 @@ def _hide_words(rows: Tensor, ids: Tensor, labels: Tensor, unk: int, p: float, r
 
 #: Heads whose attention is supervised in training: name -> (layer, head). Early layers feed later ones: the
 #: index copy (layer 0) and the phrase gathering (layer 1) must be in place before the pointer (layer 2) uses them.
-SUPERVISED_HEADS = {"index_copy": (0, 0), "read_refer": (1, 0), "gather_phrase": (1, 1), "pointer": (2, 0)}
+SUPERVISED_HEADS = {"index_copy": (0, 0), "read_refer": (1, 0), "gather_phrase": (1, 1), "read_referent": (1, 2),
+                    "pointer": (2, 0)}
 
 
 @dataclass(frozen=True)
@@ -421,7 +426,8 @@ class Markup:
 
 
 def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_regions: int, tokens: TokenIds,
-                      markup: Markup) -> dict[str, list[tuple[int, list[int]]]]:
+                      markup: Markup, referents: list[list[str]] | None = None, pieces: list[str] | None = None
+                      ) -> dict[str, list[tuple[int, list[int]]]]:
     """Where one head per circuit should attend: ``{name: [(query position, key positions), ...]}``; the head
     should put its attention on the key positions (all of it, shared among them any way).
 
@@ -436,22 +442,30 @@ def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_reg
       question (from the end of the previous turn);
     * ``pointer``: that position attends to region K's ``<region>`` slot, from which it copies the index;
     * ``read_refer``: every position that predicts an answer token of a round whose question holds a
-      ``<refer_feat>`` (a region caption) attends to that ``<refer_feat>``.
+      ``<refer_feat>`` (a region caption) attends to that ``<refer_feat>``;
+    * ``read_referent``: every position from an answer's j-th ``<p>`` to the last token of its phrase attends to
+      the words of the question that name that phrase's object (``referents[round][j]``, a text found in the
+      question by :func:`locate_text` among the base-vocabulary ``pieces``), so that the canonical name it
+      writes, and the pointer that reads that name, come from the right part of a two-target command.
 
     Training-only: a loss on attention weights, nothing in the model changes.
     """
     list_end = list_start + 2 * num_regions
     out: dict[str, list[tuple[int, list[int]]]] = {
         "index_copy": [(list_start + 2 * k + 1, [list_start + 2 * k]) for k in range(num_regions)],
-        "gather_phrase": [], "pointer": [], "read_refer": []}
+        "gather_phrase": [], "pointer": [], "read_refer": [], "read_referent": []}
     ids, lab = expanded.tolist(), labels.tolist()
     refer, in_answer, question_start = None, False, list_end
+    round_index, phrase_keys, phrase, in_phrase = -1, [], -1, False
     for q in range(list_end, len(ids) - 1):
         supervised = lab[q + 1] != IGNORE_INDEX
         if in_answer and not supervised:  # a new round's question begins
             refer, question_start = None, q + 1
-        if not in_answer and supervised:
+        if not in_answer and supervised:  # the answer begins: the question is complete
             question = list(range(question_start, q + 1))
+            round_index, phrase, in_phrase = round_index + 1, -1, False
+            texts = referents[round_index] if referents and round_index < len(referents) else []
+            phrase_keys = [locate_text(ids, question, text, pieces) for text in texts] if pieces else []
         in_answer = supervised
         if ids[q] == tokens.eos and not supervised:  # an unsupervised turn ended (the fixed first answer)
             question_start = q + 1
@@ -465,7 +479,48 @@ def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_reg
             out["gather_phrase"].append((q, _phrase_before(ids, q, tokens, markup) or question))
         if refer is not None:
             out["read_refer"].append((q, [refer]))
+        if ids[q] == markup.phrase_open:
+            phrase, in_phrase = phrase + 1, True
+        if in_phrase and phrase < len(phrase_keys) and phrase_keys[phrase]:
+            out["read_referent"].append((q, phrase_keys[phrase]))
+        if lab[q + 1] == markup.phrase_close:
+            in_phrase = False
     return out
+
+
+def locate_text(ids: list[int], positions: list[int], text: str, pieces: list[str], min_match: float = 0.7
+                ) -> list[int]:
+    """The positions among ``positions`` whose pieces spell ``text``, matched case-insensitively and loosely
+    (typos, a dropped "the", a filler inside); [] when under ``min_match`` of its letters are found.
+
+    ``pieces``: piece string of each base-vocabulary id; other ids (added tokens, slots) read as a space.
+    """
+    spelled, owner = [], []
+    for p in positions:
+        t = ids[p]
+        piece = pieces[t] if 0 <= t < len(pieces) else " "
+        piece = " " if piece.startswith("<") and piece.endswith(">") else piece.replace("\u2581", " ")
+        spelled.append(piece.lower())
+        owner += [p] * len(piece)
+    haystack, needle = "".join(spelled), text.lower()
+    blocks = [b for b in SequenceMatcher(None, haystack, needle, autojunk=False).get_matching_blocks() if b.size >= 3]
+    if not blocks:
+        return []
+    # grow from the longest common run to neighbouring runs that are as far apart in the question as in the
+    # text (a typo or a filler word apart), so that a stray "the " elsewhere in the question is not taken in
+    lo = hi = max(range(len(blocks)), key=lambda i: blocks[i].size)
+
+    def near(left, right) -> bool:
+        return (right.a - left.a - left.size) - (right.b - left.b - left.size) <= 6
+
+    while lo > 0 and near(blocks[lo - 1], blocks[lo]):
+        lo -= 1
+    while hi + 1 < len(blocks) and near(blocks[hi], blocks[hi + 1]):
+        hi += 1
+    if sum(b.size for b in blocks[lo:hi + 1]) < min_match * len(needle):
+        return []
+    first, last = blocks[lo].a, blocks[hi].a + blocks[hi].size
+    return sorted({owner[i] for i in range(first, last) if not haystack[i].isspace()})
 
 
 def _phrase_before(ids: list[int], q: int, tokens: TokenIds, markup: Markup) -> list[int]:

@@ -23,6 +23,7 @@ from groma_core.train import (
     _region_list_start,
     attention_loss,
     attention_targets,
+    locate_text,
     build_region_cache,
     build_tokenizer,
     calibrate_projections,
@@ -128,6 +129,7 @@ def test_pointer_rows_name_the_object_and_index_of_the_region_the_pointer_means(
                   object_attributes(obj)) for item in cache for o, obj in enumerate(item.scene.objects)]
     pointers = {(b, q): k for _, b, q, k in batch.attention["pointer"].tolist()}
     assert len(batch.query_attributes) == len(pointers) > 0
+    assert len(batch.attention["read_referent"]) > 0  # the commands' phrases read their words in the question
     for b, q, *attributes in batch.query_attributes.tolist():
         slot = batch.embeds[b, pointers[(b, q)]]
         assert any(torch.allclose(slot, f, atol=1e-5) and a == tuple(attributes) for f, a in known)
@@ -159,6 +161,32 @@ def test_attention_targets_point_at_the_meant_region_its_phrase_and_the_caption_
     # REC: the question (7, 8 and the position predicting the answer's first token); command: its phrase
     assert targets["gather_phrase"] == [(9, [7, 8]), (18, [15, 16]), (19, [15, 16])]
     assert targets["read_refer"] == [(24, [23]), (25, [23])]  # only the caption round reads <refer_feat>
+
+
+def test_each_answer_phrase_reads_the_words_that_name_its_object_in_the_question():
+    tokens = _tokens()
+    markup = Markup(phrase_open=700, phrase_close=701, roi_open=702)
+    pieces = ["<unk>", "<s>", "</s>"] + ["x"] * 7 + ["\u2581put", "\u2581the", "\u2581red", "\u2581ball", "\u2581in",
+                                                   "\u2581blue", "\u2581bowl", "\u2581into"]
+    R, I, P, Q, O = tokens.region, IGNORE_INDEX, 700, 701, 702
+    # region list of 2; "put the red ball in the blue bowl" answered
+    # <p>12 13</p><roi><r0></roi> into <p>15 16</p><roi><r1></roi></s>
+    expanded = torch.tensor([1, 600, R, 601, R, 10, 11, 12, 13, 14, 11, 15, 16,
+                             P, 12, 13, Q, O, 600, 17, P, 15, 16, Q, O, 601, 2])
+    labels = expanded.clone()
+    labels[:13] = I
+    targets = attention_targets(expanded, labels, 1, 2, tokens, markup, [["the red ball", "the blue bowl"]], pieces)
+    # from each <p> through the position predicting </p>: the words of its own object, not the other's
+    assert targets["read_referent"] == [(q, [6, 7, 8]) for q in (13, 14, 15)] + [(q, [10, 11, 12]) for q in (20, 21, 22)]
+    assert attention_targets(expanded, labels, 1, 2, tokens, markup)["read_referent"] == []  # no texts given
+
+
+def test_locate_text_tolerates_typos_fillers_and_a_dropped_article_but_not_a_stray_word():
+    words = ["\u2581system", "\u2581the", "\u2581prompt", "\u2581pick", "\u2581up", "\u2581tin", "\u2581um",
+             "\u2581can", "\u2581behnd", "\u2581the", "\u2581Red", "\u2581mug"]
+    ids = list(range(len(words)))
+    assert locate_text(ids, ids, "the tin can behind the red mug", words) == [5, 6, 7, 8, 9, 10, 11]
+    assert locate_text(ids, ids, "the green bottle", words) == []  # only "the " matches
 
 
 def test_rec_phrase_gathering_starts_after_the_previous_turn():
