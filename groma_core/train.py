@@ -73,6 +73,7 @@ class TrainSettings:
     cache_scenes: int = 2000
     stage2_steps: int = 3000  # short sequences: about 2x faster per step than stage 3
     stage3_steps: int = 1600  # 1000 -> 1600: captions 0.74 -> 0.79, 'not found' 0.09 -> 0.14, grounding unchanged
+    stage3_negative_scale: float = 2.0  # stage 3 weights both negative tasks so (stage 2 never learns 'not found')
     label_region_list: bool = True  # supervise the region list's <rK> tokens (see _label_region_list)
     region_lr_scale: float = 0.1  # region projection learns slower than the from-scratch LLM (keeps stage-1 features)
     lm_batch: int = 8
@@ -278,7 +279,7 @@ def build_region_cache(model: GromaModel, settings: TrainSettings, seed: int) ->
 
 
 # ------------------------------------------------------------------------------------- stages 2 and 3
-def _conversation(item: CachedScene, rng: random.Random, tasks, max_rounds: int):
+def _conversation(item: CachedScene, rng: random.Random, task_weights: dict[str, float], max_rounds: int):
     """Random rounds about one scene, regions permuted: (turns with <rK> markup, refer object order, the
     permutation, per turn the query texts that name its answer's grounded phrases (see ``attention_targets``))."""
     n = len(item.boxes)
@@ -287,7 +288,7 @@ def _conversation(item: CachedScene, rng: random.Random, tasks, max_rounds: int)
     position = {old: new for new, old in enumerate(perm)}  # region old index -> new index
     turns, refer, referents = [], [], []
     for _ in range(rng.randint(1, max_rounds)):
-        task = rng.choices(tasks, weights=[language.TASK_WEIGHTS[t] for t in tasks])[0]
+        task = rng.choices(list(task_weights), weights=list(task_weights.values()))[0]
         sample = language.sample_language(item.scene, rng, task=task)
         if sample is None:
             continue
@@ -315,7 +316,7 @@ class LanguageBatch:
     pointers: Tensor  # (n, 3) rows (batch, position predicting a pointer <rK>, K)
 
 
-def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenIds, cache, rng, tasks, settings,
+def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenIds, cache, rng, task_weights, settings,
                     short: bool = False) -> LanguageBatch:
     """A padded batch of random conversations, with the attention targets of each (see ``attention_targets``).
 
@@ -333,7 +334,7 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
     for b in range(settings.lm_batch):
         while True:
             item = cache[rng.randrange(len(cache))]
-            turns, refer, perm, referents = _conversation(item, rng, tasks, settings.max_rounds)
+            turns, refer, perm, referents = _conversation(item, rng, task_weights, settings.max_rounds)
             if turns:
                 break
         ids, lab = prompts.build_training_ids(tokenizer, turns)
@@ -596,10 +597,13 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
     if supervise:
         model.llm.config._attn_implementation = "eager"  # the fused kernels do not return attention weights
     name = {2: "alignment", 3: "instructions"}[stage]
+    negative_scale = settings.stage3_negative_scale if stage == 3 else 1.0
+    task_weights = {t: w * (negative_scale if t.startswith("negative") else 1.0)
+                    for t, w in language.TASK_WEIGHTS.items()}
     bar = tqdm(range(step, steps), desc=f"stage {stage} {name}", initial=step, total=steps)
     for step in bar:
         _set_lr(opt, _lr(step, steps, settings.lm_lr))
-        batch = _language_batch(model, tokenizer, tokens, cache, rng, language.TASKS, settings, short=stage == 2)
+        batch = _language_batch(model, tokenizer, tokens, cache, rng, task_weights, settings, short=stage == 2)
         out = model.llm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask, output_attentions=supervise,
                               output_hidden_states=probing)
         logits = model.lm_logits(out.last_hidden_state[:, :-1])

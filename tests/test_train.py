@@ -102,8 +102,8 @@ def language_setup(tmp_path_factory):
 def test_short_batches_start_at_the_region_list_with_the_same_supervision(language_setup):
     tokenizer, model, tokens, settings, cache = language_setup
     with torch.no_grad():
-        full = _language_batch(model, tokenizer, tokens, cache, random.Random(4), ("rec",), settings)
-        short = _language_batch(model, tokenizer, tokens, cache, random.Random(4), ("rec",), settings, short=True)
+        full = _language_batch(model, tokenizer, tokens, cache, random.Random(4), {"rec": 1.0}, settings)
+        short = _language_batch(model, tokenizer, tokens, cache, random.Random(4), {"rec": 1.0}, settings, short=True)
     cut = full.embeds.shape[1] - short.embeds.shape[1]
     assert cut > model.num_image_tokens  # system prompt, first round and image tokens are gone
     r0 = model.embed_ids(torch.tensor([tokens.region_index_first]))[0]
@@ -122,7 +122,7 @@ def test_short_batches_start_at_the_region_list_with_the_same_supervision(langua
 def test_pointer_rows_name_the_object_and_index_of_the_region_the_pointer_means(language_setup):
     tokenizer, model, tokens, settings, cache = language_setup
     with torch.no_grad():
-        batch = _language_batch(model, tokenizer, tokens, cache, random.Random(0), ("rec", "command"), settings,
+        batch = _language_batch(model, tokenizer, tokens, cache, random.Random(0), {"rec": 1.0, "command": 1.0}, settings,
                                 short=True)
         # every object's region feature, to recognise which object a <region> slot holds
         known = [(model.region_encoder.roi_align.project(item.flat.float(), item.boxes)[0][item.object_region[o]],
