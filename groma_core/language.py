@@ -840,19 +840,13 @@ def _make(scene: Scene, rng: random.Random, task: str, split: str) -> LanguageSa
         ref = choose_ref(scene, t, rng)
         if ref is None:
             return None
-        answer_ref = canonical_ref(scene, t)
         if task == "rec":
             q = _rec_query(realize(ref, rng, split), rng, split)
-            ans = [Span("", [t])]
-        else:
-            expr = realize(ref, rng, split, article=None if rng.random() < 0.9 else "")
-            frame = _pick(rng, COMMAND_FRAMES, split)
-            q = GROUNDING_PREFIX + _command_text(frame, frame.format(x=expr), rng, split)
-            ans = [Span(realize(answer_ref), [t])]
-        meta = {"refs": [ref], "answer_refs": [answer_ref]}
-        if task == "command":
-            meta["referent_texts"] = [expr]
-        return LanguageSample(task, q, ans, [], [t], split, meta)
+            return LanguageSample(task, q, [Span("", [t])], [], [t], split, {"refs": [ref]})
+        expr = realize(ref, rng, split, article=None if rng.random() < 0.9 else "")
+        frame = _pick(rng, COMMAND_FRAMES, split)
+        q = GROUNDING_PREFIX + _command_text(frame, frame.format(x=expr), rng, split)
+        return LanguageSample(task, q, [Span(expr, [t])], [], [t], split, {"refs": [ref], "referent_texts": [expr]})
     if task == "command2":
         pick = _two_targets(scene, rng)
         if pick is None:
@@ -864,10 +858,9 @@ def _make(scene: Scene, rng: random.Random, task: str, split: str) -> LanguageSa
         frame = _pick(rng, COMMAND2_FRAMES[rel], split)
         xa, xb = realize(ra, rng, split), realize(rb, rng, split)
         q = GROUNDING_PREFIX + _command_text(frame, frame.format(x=xa, y=xb), rng, split)
-        ca, cb = canonical_ref(scene, a), canonical_ref(scene, b)
-        ans = [Span(realize(ca), [a]), Span(ANSWER_JOIN[rel], []), Span(realize(cb), [b])]
-        return LanguageSample(task, q, ans, [], [a, b], split, {"refs": [ra, rb], "answer_refs": [ca, cb],
-                                                                "relation": rel, "referent_texts": [xa, xb]})
+        ans = [Span(xa, [a]), Span(ANSWER_JOIN[rel], []), Span(xb, [b])]
+        return LanguageSample(task, q, ans, [], [a, b], split, {"refs": [ra, rb], "relation": rel,
+                                                                "referent_texts": [xa, xb]})
     if task == "caption":
         t = rng.randrange(n)
         o = scene.objects[t]

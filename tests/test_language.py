@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from difflib import SequenceMatcher
 
 import numpy as np
 import pytest
@@ -132,6 +133,12 @@ def test_formats(scenes):
         if s.task == "command2":
             assert [sp.object_indices for sp in s.answer] == [[s.target_indices[0]], [], [s.target_indices[1]]]
             assert s.target_indices[0] != s.target_indices[1]
+        if s.task in ("command", "command2"):  # each target is named by the command's own words for it
+            phrases = [sp.text for sp in s.answer if sp.object_indices]
+            assert phrases == s.meta["referent_texts"]
+            for phrase in phrases:  # (the command itself may carry typos and other casing)
+                assert SequenceMatcher(None, phrase.lower(), s.query.lower()).find_longest_match().size >= min(
+                    len(phrase) // 3, 8), (phrase, s.query)
         if s.task == "caption":
             o = sc.objects[s.refer_indices[0]]
             assert s.query.count(REFER_MARKUP) == 1 and s.target_indices == s.refer_indices
@@ -145,7 +152,7 @@ def test_formats(scenes):
             assert s.answer[0].text.startswith("There is no ")
         # answers stay short: a tiny LLM generates them
         if s.task != "describe":
-            assert len(render_answer(s.answer)) < 120
+            assert len(render_answer(s.answer)) < (200 if s.task == "command2" else 120)
 
 
 def test_expressions_refer_uniquely(scenes):
@@ -159,9 +166,6 @@ def test_expressions_refer_uniquely(scenes):
             n_rel += ref.relation is not None
             n_ord += ref.ordinal is not None
             n_sup += ref.superlative is not None
-        for ref, t in zip(s.meta["answer_refs"], s.target_indices):
-            if resolve(sc, ref) == ([t], True):  # canonical names are unique wherever some name is
-                assert _matches(sc, ref) == [t]
     assert n_rel > 20 and n_ord > 5 and n_sup > 10, (n_rel, n_ord, n_sup)
 
 
