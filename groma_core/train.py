@@ -446,8 +446,8 @@ def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_reg
       ``<refer_feat>`` (a region caption) attends to that ``<refer_feat>``;
     * ``read_referent``: every position from an answer's j-th ``<p>`` to the last token of its phrase attends to
       the words of the question that name that phrase's object (``referents[round][j]``, a text found in the
-      question by :func:`locate_text` among the base-vocabulary ``pieces``), so that the canonical name it
-      writes, and the pointer that reads that name, come from the right part of a two-target command.
+      question by :func:`locate_text` among the base-vocabulary ``pieces``), so that the phrase it copies,
+      and the pointer that reads that phrase, come from the right part of a two-target command.
 
     Training-only: a loss on attention weights, nothing in the model changes.
     """
