@@ -73,7 +73,7 @@ class TrainSettings:
     cache_scenes: int = 2000
     stage2_steps: int = 3000  # short sequences: about 2x faster per step than stage 3
     stage3_steps: int = 1600  # 1000 -> 1600: captions 0.74 -> 0.79, 'not found' 0.09 -> 0.14, grounding unchanged
-    stage3_negative_scale: float = 2.0  # stage 3 weights both negative tasks so (stage 2 never learns 'not found')
+    stage3_negative_scale: float = 1.0  # stage 3 weight of both negative tasks (2.0 made plain commands "not found")
     label_region_list: bool = True  # supervise the region list's <rK> tokens (see _label_region_list)
     region_lr_scale: float = 0.1  # region projection learns slower than the from-scratch LLM (keeps stage-1 features)
     lm_batch: int = 8
