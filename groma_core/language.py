@@ -205,6 +205,8 @@ COMMAND2_FRAMES: dict[str, list[str]] = {
         "~i need {x} plus {y}",
     ],
 }
+#: Words that may open a description (``realize``'s articles) and that a negative answer drops.
+ARTICLES = ("the", "this", "that", "a", "an")
 ANSWER_JOIN: dict[str, str] = {"in": " into ", "on": " onto ", "next_to": " next to ", "and": " and "}
 CONTAINERS_IN = ("bowl", "mug", "cup", "box")
 SUPPORTS_ON = ("plate", "book", "box")
@@ -707,9 +709,11 @@ def _indefinite(np_: str) -> str:
     return ("an " if np_[:1] in "aeiou" else "a ") + np_
 
 
-def _negative_text(ref: Ref) -> str:
-    core = realize(ref)
-    core = core[4:] if core.startswith("the ") else core
+def _negative_text(worded: str) -> str:
+    """The answer to a description that matches nothing, in the description's own words (as a command's
+    answer names its target), its article dropped: ``'the azure cup'`` -> ``'There is no azure cup in the image.'``."""
+    first, _, rest = worded.strip().partition(" ")
+    core = rest if first.lower() in ARTICLES and rest else worded.strip()
     return f"There is no {core} in the image."
 
 
@@ -738,7 +742,7 @@ def _negative_ref(scene: Scene, rng: random.Random, split: str) -> Ref | None:
             color = rng.choice(list(COLOR_WORDS))
             r = Ref(kind, color)
             if _nothing(scene, r):
-                return r
+                return _dressed_negative(scene, r, rng)
         return None
     if mode < 0.8:  # one or two places past the last object of a kind (or colour and kind) present
         heads = sorted({Ref(o.kind) for o in scene.objects} | {Ref(o.kind, o.color) for o in scene.objects},
@@ -760,7 +764,7 @@ def _negative_ref(scene: Scene, rng: random.Random, split: str) -> Ref | None:
         for a in scene.objects:
             if a.index == o.index:
                 continue
-            aref = next((r for r in _simple_refs(scene, a.index)[::-1] if r.size is None), None)
+            aref = _anchor_ref(scene, a.index)
             if aref is None:
                 continue
             rels = list(RELATION_WORDS)
@@ -770,6 +774,27 @@ def _negative_ref(scene: Scene, rng: random.Random, split: str) -> Ref | None:
                 if _nothing(scene, r):
                     return r
     return None
+
+
+def _dressed_negative(scene: Scene, r: Ref, rng: random.Random) -> Ref:
+    """An absent colour-kind pair, at times as a superlative ("the largest purple mug") or between two real
+    objects, so that no form of description is always one of something there (positives come in every form)."""
+    mode = rng.random()
+    if mode < 0.3:
+        return replace(r, superlative=rng.choice(list(SUPERLATIVE_PRE)))
+    if mode < 0.4:
+        anchors = [a for a in (_anchor_ref(scene, o.index) for o in scene.objects) if a is not None]
+        if len(anchors) >= 2:
+            a, b = rng.sample(anchors, 2)
+            dressed = replace(r, relation=("between", a, b))
+            if _nothing(scene, dressed):
+                return dressed
+    return r
+
+
+def _anchor_ref(scene: Scene, index: int) -> Ref | None:
+    """A unique colour-and-kind description of object ``index`` without a size, None if it has none."""
+    return next((r for r in _simple_refs(scene, index)[::-1] if r.size is None and r.kind is not None), None)
 
 
 def _two_targets(scene: Scene, rng: random.Random) -> tuple[int, int, str] | None:
@@ -884,7 +909,8 @@ def _make(scene: Scene, rng: random.Random, task: str, split: str) -> LanguageSa
                 frame = _pick(rng, COMMAND_FRAMES, split)
                 core = frame.format(x=text)
             q = GROUNDING_PREFIX + _command_text(frame, core, rng, split)
-        return LanguageSample(task, q, [Span(_negative_text(ref), [])], [], [], split, {"refs": [ref]})
+        return LanguageSample(task, q, [Span(_negative_text(text), [])], [], [], split,
+                              {"refs": [ref], "referent_texts": [text]})
     raise ValueError(task)  # pragma: no cover
 
 

@@ -183,24 +183,23 @@ def test_negatives_match_nothing(scenes):
 
 
 def test_negatives_in_every_form(scenes):
-    """Absent kinds, absent colours, impossible relations and ordinals past the count all occur."""
+    """Absent kinds, absent colours, impossible relations, ordinals past the count, superlatives and 'between'
+    of absent things all occur, each answered in the question's own words."""
     forms = set()
     for sc, s in _samples(scenes, per=80):
         if not s.task.startswith("negative"):
             continue
         ref = s.meta["refs"][0]
+        worded = s.meta["referent_texts"][0]
+        assert s.answer[0].text.startswith("There is no ") and s.answer[0].text.endswith(" in the image.")
+        assert s.answer[0].text[len("There is no "):-len(" in the image.")] in worded
+        forms.add(L.ref_form(ref))
         if ref.ordinal:
-            forms.add("ordinal")
             n, side = ref.ordinal
             assert n > sum(1 for o in sc.objects if o.kind == ref.kind and ref.color in (None, o.color))
-            assert f"from the {side} in the image." in s.answer[0].text, s.answer[0].text
-        elif ref.relation:
-            forms.add("relation")
-        elif ref.kind not in {o.kind for o in sc.objects}:
-            forms.add("kind")
-        else:
-            forms.add("colour")
-    assert forms == {"ordinal", "relation", "kind", "colour"}
+        elif ref.relation is None and ref.superlative is None:
+            forms.add("kind" if ref.kind not in {o.kind for o in sc.objects} else "colour")
+    assert forms == {"ordinal", "relation", "between", "superlative", "simple", "kind", "colour"}
 
 
 def test_deterministic_given_rng(scenes):
