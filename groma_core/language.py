@@ -23,8 +23,10 @@ command's own words for it (the referent as worded, without the typos the comman
 the LLM copies the phrase and then points at its region, as a REC answer points after the
 expression (canonical names instead, "the blue mug" for "the mug left of the red bottle", made the
 LLM resolve the referent twice, once to write the name and again to point: ``groma eval --n 500``,
-commands 0.25 -> 0.36, two-target 0.02 -> 0.07). Captions and descriptions name objects by colour
-and kind (first lexicon entries: ``"a blue mug"``), negatives ``"There is no purple mug in the image."``.
+commands 0.25 -> 0.36, two-target 0.02 -> 0.07). A description that matches nothing is answered
+in its own words too (``"the azure beaker"`` -> ``"There is no azure beaker in the image."``), so
+that canonical wording in a question does not foretell a negative answer. Captions and
+descriptions name objects by colour and kind (first lexicon entries: ``"a blue mug"``).
 
 Spatial conventions (from the camera's point of view): *left/right* compare the centres of the
 pixel boxes (u); *in front of / behind / closest / farthest* compare the optical-frame depth
