@@ -27,7 +27,7 @@ from torch import Tensor
 from .config import GromaConfig
 from .errors import CheckpointError
 from .model import GromaModel
-from .word_vectors import WORDS_FILE, write_words
+from .word_vectors import WORDS_FILE, read_words, write_words
 
 _ALIAS = re.compile(r"^perceiver\.ddetr_transformer\.decoder\.(bbox_embed|class_embed_enc|class_embed_coco|class_embed_sa1b)\b")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -141,7 +141,7 @@ def load_model(
         path = directory / WORDS_FILE
         if not path.is_file():
             raise CheckpointError(f"{path} is missing: this model's word-vector table needs its word list")
-        model.word_vectors.set_words(path.read_text(encoding="utf-8").split("\n"))
+        model.word_vectors.set_words(read_words(directory))
     # Aliased head modules are shared objects, so assigning both names leaves them tied, as in the original.
     _restore_buffers(model, device)
     return model.eval()

@@ -84,7 +84,7 @@ class LanguageSample:
     they are named (empty for negatives). ``split`` tells which wording pool made it; ``meta``
     carries the structured referents (``'refs'``: list of :class:`Ref`) for checking and, for
     commands, ``'referent_texts'``: the text that names each target in the query, in target order
-    (before casing and typos, which may change it).
+    (before casing and typos, which may change it); for negatives, the absent description's text.
     """
 
     task: str

@@ -118,7 +118,7 @@ def read_table(directory: str | Path = TABLE_DIR) -> tuple[list[str], Tensor]:
     for path in (words_path, vectors_path):
         if not path.is_file():
             raise FileNotFoundError(f"word-vector table file {path} is missing (built by `groma wordvec`)")
-    words = words_path.read_text(encoding="utf-8").split("\n")
+    words = read_words(directory)
     vectors = load_file(str(vectors_path))["vectors"].float()
     if len(words) != len(vectors):
         raise ValueError(f"{words_path} has {len(words)} words, {vectors_path} {len(vectors)} vectors")
@@ -127,6 +127,11 @@ def read_table(directory: str | Path = TABLE_DIR) -> tuple[list[str], Tensor]:
 
 def write_words(words: Sequence[str], directory: str | Path) -> None:
     (Path(directory) / WORDS_FILE).write_text("\n".join(words), encoding="utf-8")
+
+
+def read_words(directory: str | Path) -> list[str]:
+    """The word list :func:`write_words` wrote to ``directory`` (a table's or a checkpoint's)."""
+    return (Path(directory) / WORDS_FILE).read_text(encoding="utf-8").split("\n")
 
 
 @torch.no_grad()
