@@ -27,6 +27,9 @@ from .errors import CheckpointError
 from .tokenizer import NUM_NEW_TOKENS
 
 
+REGION_ORDERS = ("score", "left_to_right", "random")
+
+
 @dataclass
 class ProjectOptions:
     """Switches and widths the original hard-codes; defaults reproduce the released model exactly."""
@@ -41,10 +44,16 @@ class ProjectOptions:
     region_num_fuse: int = 5  # cross-scale fuse rounds
     region_gn_groups: int = 64  # GroupNorm groups of the fuse convs
     roi_bug_compatible: bool = True  # cxcywh passed as xyxy and 2x spatial scales (official weights need it)
-    region_order: str = "score"  # "score" (deterministic, by descending score) or "random" (the original)
+    # "score" (by descending score), "left_to_right" (by box centre x: an index then says where a region
+    # lies, which ordinals and left/right relations can use) or "random" (the original, seeded below)
+    region_order: str = "score"
     region_order_seed: int = 0  # seed of the "random" order
     word_vector_dim: int = 0  # width of the fixed pretrained word vectors added to text inputs; 0 = none
     word_vector_count: int = 0  # rows of that table (see groma_core.word_vectors)
+
+    def __post_init__(self) -> None:
+        if self.region_order not in REGION_ORDERS:
+            raise CheckpointError(f"region_order {self.region_order!r} is not one of {REGION_ORDERS}")
 
 
 @dataclass

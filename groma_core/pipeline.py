@@ -197,7 +197,7 @@ class GromaPipeline:
             generator = torch.Generator().manual_seed(cfg.options.region_order_seed)
         selection = select_regions(
             boxes, scores, nms_thres=cfg.nms_thres, score_thres=cfg.box_score_thres, max_num=cfg.max_region_num,
-            refer_boxes=refer_cxcywh, generator=generator,
+            refer_boxes=refer_cxcywh, generator=generator, left_to_right=cfg.options.region_order == "left_to_right",
         )
         features = self.model.region_encoder(fused, [selection.boxes.to(fused[0].dtype)])
         pixel_boxes = normalized_cxcywh_to_pixel_xyxy(selection.boxes.float().cpu(), width, height)

@@ -49,6 +49,7 @@ def select_regions(
     ground_boxes: Tensor | None = None,
     permutation: Tensor | None = None,
     generator: torch.Generator | None = None,
+    left_to_right: bool = False,
 ) -> SelectedRegions:
     """Select region boxes for one image.
 
@@ -58,6 +59,8 @@ def select_regions(
         ground_boxes: optional (G, 4) training ground-truth boxes (score 0.2).
         permutation: optional explicit order of the kept boxes (to reproduce a recorded random order).
         generator: if given (and no permutation), the kept boxes are randomly permuted, as the original does.
+        left_to_right: (without permutation or generator) order the kept boxes by centre x, ties by score;
+            otherwise they stay by descending score.
     """
     device = proposal_boxes.device
     parts_b, parts_s = [proposal_boxes], [proposal_scores]
@@ -73,6 +76,9 @@ def select_regions(
         order = permutation.to(device)
     elif generator is not None:
         order = torch.randperm(len(kept), generator=generator).to(device)
+    elif left_to_right:
+        # a stable sort of the by-score list keeps the higher score first among equal centres
+        order = torch.sort(cand_boxes[kept, 0], stable=True).indices
     else:
         order = torch.arange(len(kept), device=device)
     chosen = kept[order]

@@ -86,6 +86,20 @@ def test_selection_uses_strict_thresholds_and_falls_back_to_the_best_box():
     assert sel.scores[sel.refer_indices[0]].item() == 1.0
 
 
+
+def test_left_to_right_selection_orders_kept_boxes_by_centre_x_and_keeps_what_score_order_keeps():
+    boxes = torch.tensor([[0.8, 0.5, 0.1, 0.1], [0.2, 0.5, 0.1, 0.1], [0.5, 0.3, 0.1, 0.1], [0.5, 0.7, 0.1, 0.1]])
+    scores = torch.tensor([0.9, 0.5, 0.6, 0.7])
+    by_score = select_regions(boxes, scores, nms_thres=0.6, score_thres=0.15, max_num=100)
+    ordered = select_regions(boxes, scores, nms_thres=0.6, score_thres=0.15, max_num=100, left_to_right=True)
+    assert by_score.candidate_indices.tolist() == [0, 3, 2, 1]
+    assert ordered.candidate_indices.tolist() == [1, 3, 2, 0]  # x 0.2, 0.5 (higher score first), 0.5, 0.8
+    assert ordered.kept_indices.tolist() == by_score.kept_indices.tolist()
+    user = torch.tensor([[0.35, 0.5, 0.1, 0.1]])
+    ordered = select_regions(boxes, scores, nms_thres=0.6, score_thres=0.15, max_num=100, refer_boxes=user,
+                             left_to_right=True)
+    assert ordered.refer_indices == [1] and ordered.scores[1].item() == 1.0
+
 @pytest.fixture(scope="module")
 def fixture_checkpoint(official_fixture_dir) -> Path:
     return official_fixture_dir / "checkpoint"
