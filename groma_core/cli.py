@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/groma-tiny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--vision-from", metavar="CHECKPOINT", default=None,
+                   help="take DINOv2, proposer and region encoder from this checkpoint instead of training stage 1")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("wordvec", help="build the packaged word-vector table from all-MiniLM-L6-v2 (once, offline)")

@@ -535,9 +535,14 @@ def ref_form(ref: Ref) -> str:
     return "superlative" if ref.superlative is not None else "simple"
 
 
-def choose_ref(scene: Scene, t: int, rng: random.Random) -> Ref | None:
-    """A random unique description of object ``t`` (types weighted by ``REF_TYPE_WEIGHTS``)."""
+def choose_ref(scene: Scene, t: int, rng: random.Random, plain_share: float = 0.0) -> Ref | None:
+    """A random unique description of object ``t`` (types weighted by ``REF_TYPE_WEIGHTS``); with chance
+    ``plain_share`` its bare colour and kind ("the blue mug") when that singles it out."""
     cands = candidate_refs(scene, t)
+    if plain_share and rng.random() < plain_share:
+        o = scene.objects[t]
+        if Ref(o.kind, o.color) in cands["simple"]:
+            return Ref(o.kind, o.color)
     types = [k for k, v in cands.items() if v]
     if not types:
         return None
@@ -822,9 +827,10 @@ def _two_targets(scene: Scene, rng: random.Random) -> tuple[int, int, str] | Non
     return rng.choice(by_rel[rel])
 
 
-def sample_language(scene: Scene, rng: random.Random, task: str | None = None, split: str = "train") -> LanguageSample:
+def sample_language(scene: Scene, rng: random.Random, task: str | None = None, split: str = "train",
+                    plain_share: float = 0.0) -> LanguageSample:
     """One sample of ``task`` (random by ``TASK_WEIGHTS`` if None) for ``scene``, worded from the
-    ``split`` pool ('train' or 'eval'). Falls back to another task when the scene cannot support
+    ``split`` pool ('train' or 'eval'); ``plain_share``: see :func:`choose_ref`. Falls back to another task when the scene cannot support
     the requested one: 'rec', else 'negative_rec' (e.g. 'command2' in a one-object scene; the
     returned ``task`` field tells which was made)."""
     if task is None:
@@ -833,17 +839,17 @@ def sample_language(scene: Scene, rng: random.Random, task: str | None = None, s
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     for fallback in (task, "rec", "negative_rec"):
         for _ in range(8):
-            s = _make(scene, rng, fallback, split)
+            s = _make(scene, rng, fallback, split, plain_share)
             if s is not None:
                 return s
     raise RuntimeError(f"could not make a {task!r} sample for scene {scene.seed}")
 
 
-def _make(scene: Scene, rng: random.Random, task: str, split: str) -> LanguageSample | None:
+def _make(scene: Scene, rng: random.Random, task: str, split: str, plain_share: float) -> LanguageSample | None:
     n = len(scene.objects)
     if task in ("rec", "command"):
         t = rng.randrange(n)
-        ref = choose_ref(scene, t, rng)
+        ref = choose_ref(scene, t, rng, plain_share)
         if ref is None:
             return None
         if task == "rec":
@@ -858,7 +864,7 @@ def _make(scene: Scene, rng: random.Random, task: str, split: str) -> LanguageSa
         if pick is None:
             return None
         a, b, rel = pick
-        ra, rb = choose_ref(scene, a, rng), choose_ref(scene, b, rng)
+        ra, rb = choose_ref(scene, a, rng, plain_share), choose_ref(scene, b, rng, plain_share)
         if ra is None or rb is None:
             return None
         frame = _pick(rng, COMMAND2_FRAMES[rel], split)

@@ -27,14 +27,22 @@ on unseen short sequences after 600 steps: commands 0.725 and REC 0.275, against
 index heads); and, not shown to help on their own, the layers writing into its embedding space starting at a
 workable scale (``calibrate_projections``) and supervised region-list ``<rK>`` tokens (``_label_region_list``).
 
-Region order is randomly permuted per sample (as the original does in training) so that no region index
-carries meaning. Checkpoints are written after every stage and every ``save_every`` steps; ``--resume``
-continues from the last one. Everything is seeded.
+Regions are listed as the model lists them at inference (``ProjectOptions.region_order``): groma-tiny lists
+them left to right, so an index also says where a region lies; the original permutes them at random so
+that no index carries meaning. Two more training-only choices aim at "not found": a supervised ``verify``
+head that decides found / not found before the answer is written (see ``attention_targets``), and
+positives named by their bare colour and kind as often as negatives are (``plain_ref_share``), so that the
+form of a description does not decide it.
+
+Checkpoints are written after every stage and every ``save_every`` steps; ``--resume`` continues from the
+last one; ``--vision-from`` starts stages 2 and 3 from a trained checkpoint's frozen vision side instead of
+training stage 1 (:func:`load_vision_side`). Everything is seeded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -50,7 +58,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import language, prompts
-from .checkpoint import save_checkpoint
+from .checkpoint import canonical_key, read_state_dict, save_checkpoint
+from .errors import CheckpointError
 from .model import GromaModel, TokenIds
 from .presets import tiny_config
 from .selection import select_regions
@@ -67,7 +76,9 @@ EVAL_SEED_START = 10_000_000
 class TrainSettings:
     tokenizer_vocab: int = 1024
     tokenizer_scenes: int = 1500
-    stage1_steps: int = 1600  # 800 left recall@0.5 at 0.90; 1600: 0.94 (groma eval --n 500), kind read 0.97
+    # 800 left recall@0.5 at 0.90; 1600: 0.94 (groma eval --n 500); on ground-truth boxes of unseen scenes,
+    # kind read 0.917 at 1600 and 0.943 at 2400 (attribute probe, session 12): kind errors cap REC
+    stage1_steps: int = 1600
     stage1_batch: int = 6
     stage1_lr: float = 4e-4
     cache_scenes: int = 2000
@@ -83,6 +94,10 @@ class TrainSettings:
     probe_weight: float = 1.0  # weight of the PointerProbeHeads losses; 0 = off
     word_vectors: bool = True  # add the packaged pretrained word vectors to text inputs (groma_core.word_vectors)
     word_dropout: float = 0.25  # chance that a known input word's pieces are hidden (its vector stays)
+    # positives (REC, commands) named by their bare colour and kind, where that singles them out, with this
+    # chance: choose_ref alone names 0.11 of positives so against 0.28 of negatives ("the purple bowl"), and a
+    # model then learned that a plain "pick up the blue bottle" mostly means "not found"
+    plain_ref_share: float = 0.2
     save_every: int = 200
     threads: int = 2
 
@@ -279,17 +294,37 @@ def build_region_cache(model: GromaModel, settings: TrainSettings, seed: int) ->
 
 
 # ------------------------------------------------------------------------------------- stages 2 and 3
-def _conversation(item: CachedScene, rng: random.Random, task_weights: dict[str, float], max_rounds: int):
-    """Random rounds about one scene, regions permuted: (turns with <rK> markup, refer object order, the
-    permutation, per turn the query texts that name its answer's grounded phrases (see ``attention_targets``))."""
+#: Tasks whose answer names the regions its description matches, and tasks whose description matches nothing.
+LOOKUP_TASKS = ("rec", "command", "command2")
+NEGATIVE_TASKS = ("negative_rec", "negative_command")
+
+
+@dataclass
+class Conversation:
+    """Rounds about one scene, for ``build_training_ids``."""
+
+    turns: list[tuple[str, str]]  # (query, answer with <rK> markup)
+    refer: list[int]  # region of every <refer_feat> of the queries, in order
+    perm: list[int]  # perm[new index] = the cached region shown at that index
+    referents: list[list[str]]  # per turn: the query texts that name its answer's grounded phrases
+    lookups: list[list[int] | None]  # per turn: the regions a lookup answer names, [] for a negative, else None
+
+
+def _conversation(item: CachedScene, rng: random.Random, task_weights: dict[str, float], settings: "TrainSettings",
+                  left_to_right: bool) -> Conversation:
+    """Random rounds about one scene. Regions are ordered as the model orders them at inference
+    (``left_to_right``: by box centre x, else randomly permuted as the original does)."""
     n = len(item.boxes)
     perm = list(range(n))
-    rng.shuffle(perm)
+    if left_to_right:
+        perm.sort(key=lambda k: float(item.boxes[k, 0]))  # stable: the cache lists regions by score
+    else:
+        rng.shuffle(perm)
     position = {old: new for new, old in enumerate(perm)}  # region old index -> new index
-    turns, refer, referents = [], [], []
-    for _ in range(rng.randint(1, max_rounds)):
+    talk = Conversation([], [], perm, [], [])
+    for _ in range(rng.randint(1, settings.max_rounds)):
         task = rng.choices(list(task_weights), weights=list(task_weights.values()))[0]
-        sample = language.sample_language(item.scene, rng, task=task)
+        sample = language.sample_language(item.scene, rng, task=task, plain_share=settings.plain_ref_share)
         if sample is None:
             continue
         pieces = []
@@ -299,10 +334,12 @@ def _conversation(item: CachedScene, rng: random.Random, task_weights: dict[str,
         answer = prompts.format_answer(pieces) if pieces else ""
         if not answer:
             continue
-        turns.append((sample.query, answer))
-        refer += [position[item.object_region[o]] for o in sample.refer_indices]
-        referents.append(sample.meta.get("referent_texts", []))
-    return turns, refer, perm, referents
+        talk.turns.append((sample.query, answer))
+        talk.refer += [position[item.object_region[o]] for o in sample.refer_indices]
+        talk.referents.append(sample.meta.get("referent_texts", []))
+        named = sorted({r for piece in pieces if isinstance(piece, tuple) for r in piece[1]})
+        talk.lookups.append(named if sample.task in LOOKUP_TASKS else [] if sample.task in NEGATIVE_TASKS else None)
+    return talk
 
 
 @dataclass
@@ -334,10 +371,11 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
     for b in range(settings.lm_batch):
         while True:
             item = cache[rng.randrange(len(cache))]
-            turns, refer, perm, referents = _conversation(item, rng, task_weights, settings.max_rounds)
-            if turns:
+            talk = _conversation(item, rng, task_weights, settings, model.config.options.region_order == "left_to_right")
+            if talk.turns:
                 break
-        ids, lab = prompts.build_training_ids(tokenizer, turns)
+        refer, perm = talk.refer, talk.perm
+        ids, lab = prompts.build_training_ids(tokenizer, talk.turns)
         ids = tokens.substitute_refer_boxes(torch.tensor(ids), refer)
         lab = torch.tensor(lab)
         boxes = item.boxes[perm]
@@ -348,7 +386,8 @@ def _language_batch(model: GromaModel, tokenizer: GromaTokenizer, tokens: TokenI
         if settings.label_region_list:
             lab = _label_region_list(expanded, lab, list_start, len(perm))
         refer_features = features[refer] if refer else None
-        targets = attention_targets(expanded, lab, list_start, len(perm), tokens, markup, referents, pieces)
+        targets = attention_targets(expanded, lab, list_start, len(perm), tokens, markup, talk.referents, pieces,
+                                    talk.lookups)
         rows = None
         if model.word_vectors is not None:
             expanded, rows = _hide_words(model.word_vectors.rows(expanded), expanded, lab, tokenizer.unk_token_id,
@@ -410,7 +449,7 @@ def _hide_words(rows: Tensor, ids: Tensor, labels: Tensor, unk: int, p: float, r
 #: Heads whose attention is supervised in training: name -> (layer, head). Early layers feed later ones: the
 #: index copy (layer 0) and the phrase gathering (layer 1) must be in place before the pointer (layer 2) uses them.
 SUPERVISED_HEADS = {"index_copy": (0, 0), "read_refer": (1, 0), "gather_phrase": (1, 1), "read_referent": (1, 2),
-                    "pointer": (2, 0)}
+                    "pointer": (2, 0), "verify": (2, 1)}
 
 
 @dataclass(frozen=True)
@@ -427,8 +466,8 @@ class Markup:
 
 
 def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_regions: int, tokens: TokenIds,
-                      markup: Markup, referents: list[list[str]] | None = None, pieces: list[str] | None = None
-                      ) -> dict[str, list[tuple[int, list[int]]]]:
+                      markup: Markup, referents: list[list[str]] | None = None, pieces: list[str] | None = None,
+                      lookups: list[list[int] | None] | None = None) -> dict[str, list[tuple[int, list[int]]]]:
     """Where one head per circuit should attend: ``{name: [(query position, key positions), ...]}``; the head
     should put its attention on the key positions (all of it, shared among them any way).
 
@@ -447,14 +486,21 @@ def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_reg
     * ``read_referent``: every position from an answer's j-th ``<p>`` to the last token of its phrase attends to
       the words of the question that name that phrase's object (``referents[round][j]``, a text found in the
       question by :func:`locate_text` among the base-vocabulary ``pieces``), so that the phrase it copies,
-      and the pointer that reads that phrase, come from the right part of a two-target command.
+      and the pointer that reads that phrase, come from the right part of a two-target command;
+    * ``verify``: the position that predicts the first token of a lookup answer (``<roi>``, ``<p>`` or "There
+      is no", where ``lookups[round]`` is not None) attends to the ``<region>`` slots of the regions the answer
+      names, or, for a description that matches nothing (``lookups[round] == []``), to the token just after
+      the region list ("none of them"); that position also gathers the description (``gather_phrase``: the
+      question's referent words, else the question). A softmax over the regions and that token compares
+      the best match with a learned threshold: found or not found is decided before the answer's form
+      (a frequent "not found" wording must not decide it).
 
     Training-only: a loss on attention weights, nothing in the model changes.
     """
     list_end = list_start + 2 * num_regions
     out: dict[str, list[tuple[int, list[int]]]] = {
         "index_copy": [(list_start + 2 * k + 1, [list_start + 2 * k]) for k in range(num_regions)],
-        "gather_phrase": [], "pointer": [], "read_refer": [], "read_referent": []}
+        "gather_phrase": [], "pointer": [], "read_refer": [], "read_referent": [], "verify": []}
     ids, lab = expanded.tolist(), labels.tolist()
     refer, in_answer, question_start = None, False, list_end
     round_index, phrase_keys, phrase, in_phrase = -1, [], -1, False
@@ -467,6 +513,10 @@ def attention_targets(expanded: Tensor, labels: Tensor, list_start: int, num_reg
             round_index, phrase, in_phrase = round_index + 1, -1, False
             texts = referents[round_index] if referents and round_index < len(referents) else []
             phrase_keys = [locate_text(ids, question, text, pieces) for text in texts] if pieces else []
+            named = lookups[round_index] if lookups and round_index < len(lookups) else None
+            if named is not None:
+                out["verify"].append((q, [list_start + 2 * k + 1 for k in named if k < num_regions] or [list_end]))
+                out["gather_phrase"].append((q, sorted({p for keys in phrase_keys for p in keys}) or question))
         in_answer = supervised
         if ids[q] == tokens.eos and not supervised:  # an unsupervised turn ended (the fixed first answer)
             question_start = q + 1
@@ -704,12 +754,34 @@ def _stage_done(path: Path, steps: int) -> bool:
     return path.is_file() and torch.load(path, map_location="cpu", weights_only=True)["step"] >= steps
 
 
-def run_training(preset: str, out: str | Path, seed: int = 0, resume: bool = False) -> Path:
+def load_vision_side(model: GromaModel, checkpoint: str | Path) -> None:
+    """Take the vision side (DINOv2, proposer, region encoder) from a trained checkpoint instead of stage 1.
+
+    Stages 2 and 3 keep DINOv2, the proposer and the region encoder's convolutions frozen, so a released
+    model's vision side is what its own stage 1 produced (stored in fp16); the region projection it carries
+    is recalibrated and trained on as stage 1's would be. Raises CheckpointError when parts are missing.
+    """
+    prefixes = ("perceiver.", "region_encoder.")
+    state = {k: v for k, v in read_state_dict(checkpoint).items() if k.startswith(prefixes)}
+    expected = {canonical_key(k): p for k, p in model.named_parameters() if k.startswith(prefixes)}
+    wrong = sorted(k for k, p in expected.items() if k not in state or state[k].shape != p.shape)
+    if wrong:
+        raise CheckpointError(f"{checkpoint}: no vision side for this preset ({len(wrong)} tensors missing or "
+                              f"of another shape, e.g. {wrong[0]})")
+    with torch.no_grad():
+        for k, p in expected.items():
+            p.copy_(state[k].to(p.dtype))
+
+
+def run_training(preset: str, out: str | Path, seed: int = 0, resume: bool = False,
+                 vision_from: str | Path | None = None) -> Path:
+    """Train ``preset`` into ``out`` (see the module docstring); ``vision_from``: a checkpoint whose vision
+    side replaces stage 1 (see :func:`load_vision_side`)."""
     with torch.enable_grad():  # whatever a caller switched off
-        return _run_training(preset, Path(out), seed, resume)
+        return _run_training(preset, Path(out), seed, resume, vision_from)
 
 
-def _run_training(preset: str, out: Path, seed: int, resume: bool) -> Path:
+def _run_training(preset: str, out: Path, seed: int, resume: bool, vision_from: str | Path | None) -> Path:
     settings = PRESETS[preset]
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(settings.threads)
@@ -728,7 +800,9 @@ def _run_training(preset: str, out: Path, seed: int, resume: bool) -> Path:
         model.word_vectors.table.copy_(vectors)
         model.word_vectors.set_words(words)
         model.word_vectors.bind(tokenizer)
-    if resume and _stage_done(out / "stage2.pt", settings.stage2_steps):
+    if vision_from is not None:
+        load_vision_side(model, vision_from)
+    elif resume and _stage_done(out / "stage2.pt", settings.stage2_steps):
         # the vision side is frozen after stage 1: its weights are what the region cache needs
         model.load_state_dict(torch.load(out / "stage1.pt", map_location="cpu", weights_only=True)["model"])
     else:
@@ -739,8 +813,11 @@ def _run_training(preset: str, out: Path, seed: int, resume: bool) -> Path:
     train_language(model, tokenizer, cache, settings, out, seed, stage=3, resume=resume)
     final = out / "final"
     save_checkpoint(model, final, tokenizer, storage_dtype=torch.float16)
+    vision = f" --vision-from {vision_from}" if vision_from is not None else ""
     (final / "training.json").write_text(json.dumps({
-        "command": f"groma train --preset {preset} --seed {seed} --out {out}",
+        "command": f"groma train --preset {preset} --seed {seed}{vision} --out {out}",
+        "vision_from": None if vision_from is None else {
+            "path": str(vision_from), "sha256": _sha256(Path(vision_from) / "model.safetensors")},
         "seed": seed, "settings": dataclasses.asdict(settings), "resumed": resume,
         "seconds": round(time.time() - started),  # of this invocation (a resumed one skips finished stages)
         "torch": torch.__version__,
@@ -749,8 +826,15 @@ def _run_training(preset: str, out: Path, seed: int, resume: bool) -> Path:
     return final
 
 
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def main(args) -> int:
     if args.preset not in PRESETS:
         raise SystemExit(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
-    run_training(args.preset, args.out, seed=args.seed, resume=args.resume)
+    try:
+        run_training(args.preset, args.out, seed=args.seed, resume=args.resume, vision_from=args.vision_from)
+    except CheckpointError as err:
+        raise SystemExit(f"groma train: {err}") from None
     return 0

@@ -5,10 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from groma_core.checkpoint import read_state_dict
+from groma_core.errors import CheckpointError
+from groma_core.language import Ref, choose_ref, resolve
 from groma_core.model import GromaModel, TokenIds
 from groma_core.pipeline import GromaPipeline
 from groma_core.presets import tiny_config
@@ -18,6 +23,7 @@ from groma_core.train import (
     CachedScene,
     Markup,
     SUPERVISED_HEADS,
+    _conversation,
     _label_region_list,
     _language_batch,
     _region_list_start,
@@ -28,6 +34,7 @@ from groma_core.train import (
     build_tokenizer,
     calibrate_projections,
     object_attributes,
+    load_vision_side,
     run_training,
 )
 from groma_core.world import render_scene
@@ -46,6 +53,23 @@ def test_every_stage_runs_resumes_and_writes_a_loadable_checkpoint(tmp_path):
     # a resumed run finds every stage done and writes the same weights again
     again = run_training("smoke", tmp_path / "run", seed=3, resume=True)
     assert (again / "model.safetensors").read_bytes() == (final / "model.safetensors").read_bytes()
+
+
+def test_a_run_can_take_its_vision_side_from_a_trained_checkpoint_instead_of_stage_1(tmp_path):
+    first = run_training("smoke", tmp_path / "first", seed=3)
+    second = run_training("smoke", tmp_path / "second", seed=4, vision_from=first)
+    assert not (tmp_path / "second" / "stage1.pt").exists()  # stage 1 skipped
+    info = json.loads((second / "training.json").read_text())
+    assert f"--vision-from {first}" in info["command"] and len(info["vision_from"]["sha256"]) == 64
+    a, b = read_state_dict(first), read_state_dict(second)
+    frozen = [k for k in a if k.startswith(("perceiver.", "region_encoder.mlvl_fuse.", "region_encoder.roi_align.pconvs."))]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+    assert not torch.equal(a["llm.lm_head.weight"], b["llm.lm_head.weight"])  # the language side trained anew
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    save_file({k: v for k, v in b.items() if k != frozen[0]}, str(partial / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="no vision side"):
+        load_vision_side(GromaModel(tiny_config(500)), partial)
 
 
 def _tokens() -> TokenIds:
@@ -146,14 +170,16 @@ def test_attention_targets_point_at_the_meant_region_its_phrase_and_the_caption_
     markup = Markup(phrase_open=700, phrase_close=701, roi_open=702)
     R, F_, I, P, Q, O = tokens.region, tokens.refer_feat, IGNORE_INDEX, 700, 701, 702
     # region list of 3; a REC round answered <roi><r2>; a command round answered <p>x y</p><roi><r0><r1>;
-    # a caption round about <refer_feat>
+    # a caption round about <refer_feat>; a round whose description matches nothing ("There is no ..." = 30 31)
     expanded = torch.tensor([1, 600, R, 601, R, 602, R, 10, 11, O, 602, 2,
                              12, 13, P, 14, 15, Q, O, 600, 601, 2,
-                             16, F_, 17, 18, 2])
+                             16, F_, 17, 18, 2,
+                             19, 30, 31, 2])
     labels = expanded.clone()
     labels[:9] = I
     labels[12:14] = I
     labels[22:25] = I
+    labels[27:29] = I
     targets = attention_targets(expanded, labels, list_start=1, num_regions=3, tokens=tokens, markup=markup)
     assert targets["index_copy"] == [(2, [1]), (4, [3]), (6, [5])]  # <region> slot -> its <rK>
     # the positions predicting <r2>, <r0>, <r1> -> those regions' <region> slots
@@ -161,6 +187,15 @@ def test_attention_targets_point_at_the_meant_region_its_phrase_and_the_caption_
     # REC: the question (7, 8 and the position predicting the answer's first token); command: its phrase
     assert targets["gather_phrase"] == [(9, [7, 8]), (18, [15, 16]), (19, [15, 16])]
     assert targets["read_refer"] == [(24, [23]), (25, [23])]  # only the caption round reads <refer_feat>
+    assert targets["verify"] == []  # no lookups given
+
+    # told what each round's answer names: at the position predicting a lookup answer's first token, the
+    # named regions' slots, or the token after the region list (7) when nothing matches; captions are no lookup
+    targets = attention_targets(expanded, labels, 1, 3, tokens, markup, lookups=[[2], [0, 1], None, []])
+    assert targets["verify"] == [(8, [6]), (13, [2, 4]), (28, [7])]
+    # and those positions gather their question (7, 8 / 12, 13 / 27, 28) besides the pointers' phrases
+    assert targets["gather_phrase"] == [(8, [7, 8]), (9, [7, 8]), (13, [12, 13]), (18, [15, 16]), (19, [15, 16]),
+                                        (28, [27, 28])]
 
 
 def test_each_answer_phrase_reads_the_words_that_name_its_object_in_the_question():
