@@ -830,9 +830,9 @@ def _two_targets(scene: Scene, rng: random.Random) -> tuple[int, int, str] | Non
 def sample_language(scene: Scene, rng: random.Random, task: str | None = None, split: str = "train",
                     plain_share: float = 0.0) -> LanguageSample:
     """One sample of ``task`` (random by ``TASK_WEIGHTS`` if None) for ``scene``, worded from the
-    ``split`` pool ('train' or 'eval'); ``plain_share``: see :func:`choose_ref`. Falls back to another task when the scene cannot support
-    the requested one: 'rec', else 'negative_rec' (e.g. 'command2' in a one-object scene; the
-    returned ``task`` field tells which was made)."""
+    ``split`` pool ('train' or 'eval'); ``plain_share``: see :func:`choose_ref`. Falls back to
+    another task when the scene cannot support the requested one: 'rec', else 'negative_rec' (e.g.
+    'command2' in a one-object scene; the returned ``task`` field tells which was made)."""
     if task is None:
         task = rng.choices(TASKS, weights=[TASK_WEIGHTS[t] for t in TASKS])[0]
     if task not in TASKS:

@@ -38,6 +38,11 @@ def nms_keep(boxes_xyxy: Tensor, scores: Tensor, iou_thres: float, score_thres: 
     return valid[keep][:max_num]
 
 
+def left_to_right_order(boxes_cxcywh: Tensor) -> Tensor:
+    """(N,) int64 indices that order (N, 4) cxcywh boxes by centre x; equal centres keep their given order."""
+    return torch.sort(boxes_cxcywh[:, 0], stable=True).indices
+
+
 def select_regions(
     proposal_boxes: Tensor,
     proposal_scores: Tensor,
@@ -76,9 +81,8 @@ def select_regions(
         order = permutation.to(device)
     elif generator is not None:
         order = torch.randperm(len(kept), generator=generator).to(device)
-    elif left_to_right:
-        # a stable sort of the by-score list keeps the higher score first among equal centres
-        order = torch.sort(cand_boxes[kept, 0], stable=True).indices
+    elif left_to_right:  # kept is by descending score, so equal centres keep the higher score first
+        order = left_to_right_order(cand_boxes[kept])
     else:
         order = torch.arange(len(kept), device=device)
     chosen = kept[order]

@@ -62,7 +62,7 @@ from .checkpoint import canonical_key, read_state_dict, save_checkpoint
 from .errors import CheckpointError
 from .model import GromaModel, TokenIds
 from .presets import tiny_config
-from .selection import select_regions
+from .selection import left_to_right_order, select_regions
 from .tokenizer import IGNORE_INDEX, NUM_NEW_TOKENS, NUM_REGION_INDEX_TOKENS, GromaTokenizer, train_tokenizer
 from .vision import preprocess
 from .word_vectors import read_table
@@ -314,11 +314,10 @@ def _conversation(item: CachedScene, rng: random.Random, task_weights: dict[str,
                   left_to_right: bool) -> Conversation:
     """Random rounds about one scene. Regions are ordered as the model orders them at inference
     (``left_to_right``: by box centre x, else randomly permuted as the original does)."""
-    n = len(item.boxes)
-    perm = list(range(n))
-    if left_to_right:
-        perm.sort(key=lambda k: float(item.boxes[k, 0]))  # stable: the cache lists regions by score
+    if left_to_right:  # the cache lists regions by score, as select_regions orders them before sorting
+        perm = left_to_right_order(item.boxes).tolist()
     else:
+        perm = list(range(len(item.boxes)))
         rng.shuffle(perm)
     position = {old: new for new, old in enumerate(perm)}  # region old index -> new index
     talk = Conversation([], [], perm, [], [])

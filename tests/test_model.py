@@ -86,7 +86,6 @@ def test_selection_uses_strict_thresholds_and_falls_back_to_the_best_box():
     assert sel.scores[sel.refer_indices[0]].item() == 1.0
 
 
-
 def test_left_to_right_selection_orders_kept_boxes_by_centre_x_and_keeps_what_score_order_keeps():
     boxes = torch.tensor([[0.8, 0.5, 0.1, 0.1], [0.2, 0.5, 0.1, 0.1], [0.5, 0.3, 0.1, 0.1], [0.5, 0.7, 0.1, 0.1]])
     scores = torch.tensor([0.9, 0.5, 0.6, 0.7])
@@ -99,6 +98,7 @@ def test_left_to_right_selection_orders_kept_boxes_by_centre_x_and_keeps_what_sc
     ordered = select_regions(boxes, scores, nms_thres=0.6, score_thres=0.15, max_num=100, refer_boxes=user,
                              left_to_right=True)
     assert ordered.refer_indices == [1] and ordered.scores[1].item() == 1.0
+
 
 @pytest.fixture(scope="module")
 def fixture_checkpoint(official_fixture_dir) -> Path:
