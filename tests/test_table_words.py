@@ -60,3 +60,19 @@ def test_added_rows_follow_the_tables_own_affine_map(tmp_path, monkeypatch):
     assert torch.allclose(grown[len(words):].float(), expected, atol=0.02)
     assert json.loads((tmp_path / "config.json").read_text())["groma_core"]["word_vector_count"] == len(words) + 2
     assert add_words(tmp_path, "encoder", ["orb"]) == 0  # nothing new
+
+
+def test_packaged_table_has_wordnet_words_but_no_row_for_a_training_word_it_lacked():
+    """`groma add-words` grew the package table (and groma-tiny's copy) by WordNet's object, shape, food,
+    adjective and handling-verb words, leaving the training language's words as the model was trained on
+    them: "leftmost" and "tumbler" read no vector, and the first 21719 rows (all-MiniLM-L6-v2's own
+    words) are those groma-tiny was trained with."""
+    from groma_core import language
+    from groma_core.word_vectors import read_table
+
+    words, vectors = read_table()
+    assert {"beaker", "saucer", "teacup", "nudge", "stapler", "tangerine"} <= set(words)
+    assert not {"leftmost", "tumbler", "flask", "frontmost"} & set(words)
+    assert words[:21719] == sorted(words[:21719]) and len(words) > 40_000
+    lacking = {w for w in language.training_words() if w not in set(words[:21719])}
+    assert not lacking & set(words[21719:])
