@@ -48,6 +48,10 @@ class ProjectOptions:
     # lies, which ordinals and left/right relations can use) or "random" (the original, seeded below)
     region_order: str = "score"
     region_order_seed: int = 0  # seed of the "random" order
+    # an answer names each region at most once: decoding masks the <rK> of regions already named, so the
+    # second target of "put the ball in the bowl" cannot be the first one again. The original has no such
+    # rule (a free description may name a region twice); groma-tiny's training answers never repeat one.
+    distinct_regions: bool = False
     word_vector_dim: int = 0  # width of the fixed pretrained word vectors added to text inputs; 0 = none
     word_vector_count: int = 0  # rows of that table (see groma_core.word_vectors)
 

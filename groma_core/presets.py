@@ -78,7 +78,7 @@ def tiny_config(base_vocab_size: int, word_vectors: tuple[int, int] | None = Non
     options = ProjectOptions(
         image_size=336, proposer_box_hidden=128, region_hidden=256, region_pos_hidden=64,
         region_feature_dim=256, region_roi_size=7, region_num_fuse=1, region_gn_groups=32,
-        roi_bug_compatible=False, region_order="left_to_right",
+        roi_bug_compatible=False, region_order="left_to_right", distinct_regions=True,
         word_vector_count=word_vectors[0] if word_vectors else 0, word_vector_dim=word_vectors[1] if word_vectors else 0,
     )
     return GromaConfig(llm=llm, vision=vision, ddetr=ddetr, vis_output_layer=-1, num_new_tokens=NUM_NEW_TOKENS,

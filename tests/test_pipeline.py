@@ -48,6 +48,23 @@ def test_prefix_reuse_gives_the_same_answer_as_recomputing_everything(pipe, fram
         pipe.model.expand_ids(torch.tensor(frame.context.prefix_ids), len(frame.regions), pipe.tokens)[0])
 
 
+@pytest.mark.parametrize("distinct", [False, True])
+def test_distinct_regions_masks_regions_already_named(pipe, frame, monkeypatch, distinct):
+    """Logits that always rank <r0> > <r1> > </s> over everything else: the original decoding repeats <r0>;
+    with ``distinct_regions`` the answer names <r0>, then <r1>, then ends."""
+    r0, eos = pipe.tokens.region_index_token(0), pipe.tokens.eos
+
+    def ranked(hidden):
+        logits = torch.zeros(pipe.model.config.vocab_size)
+        logits[[r0, r0 + 1, eos]] = torch.tensor([3.0, 2.0, 1.0])
+        return logits
+
+    monkeypatch.setattr(pipe.model, "lm_logits", ranked)
+    monkeypatch.setattr(pipe.model.config.options, "distinct_regions", distinct)
+    g = pipe.ground(frame, "put the ball in the bowl", max_new_tokens=5)
+    assert g.token_ids == ([r0, r0 + 1] if distinct else [r0] * 5)
+
+
 def test_boxes_of_phrases_come_from_the_frame_regions(pipe, frame):
     g = pipe.locate(frame, "the blue mug", max_new_tokens=8)
     for phrase in g.phrases:
