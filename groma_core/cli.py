@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except GromaError as exc:
+    except (GromaError, FileNotFoundError) as exc:
         print(f"groma: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -130,8 +130,9 @@ def matplotlib_named_colours() -> dict[str, str]:
     """matplotlib's xkcd survey and CSS4 colour names -> ``'#rrggbb'`` (xkcd first where both name one)."""
     try:
         from matplotlib.colors import CSS4_COLORS, XKCD_COLORS
-    except ImportError as e:  # build-time only: `pip install .[tables]`
-        raise RuntimeError("building the colour-name map needs matplotlib (pip install '.[tables]')") from e
+    except ImportError as e:  # build-time only: the dev extra pins it
+        raise FileNotFoundError("the colour-name map reads matplotlib's named colours: pip install "
+                                "matplotlib==3.11.2 (in the dev extra)") from e
     named = {name.split(":", 1)[-1]: code for name, code in XKCD_COLORS.items()}
     for name, code in CSS4_COLORS.items():
         named.setdefault(name, code)

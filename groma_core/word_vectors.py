@@ -14,7 +14,8 @@ has no word vectors (``ProjectOptions.word_vector_dim == 0``) and its state dict
 
 The sentence encoder does not separate hues ("scarlet" lies nearest "violet"), so colour names get the
 vector of the basic colour they mean ("scarlet" -> "red"), taken from named-colour data
-(:mod:`groma_core.colour_names`, :func:`recolour_table`).
+(:mod:`groma_core.colour_names`, :func:`recolour_table`); and words the encoder's vocabulary lacks can be
+added from a word list (WordNet's, :func:`add_words`) without moving a row a model was trained with.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from .errors import CheckpointError
 
 WORD_RE = re.compile(r"[a-z]+")
 SPIECE_UNDERLINE = "\u2581"
@@ -241,19 +244,19 @@ class _StoredTable:
         self.directory = Path(directory)
         found = [(self.directory / name, key) for name, key in _TABLE_FILES if (self.directory / name).is_file()]
         if not found or not (self.directory / WORDS_FILE).is_file():
-            raise FileNotFoundError(f"{self.directory} holds no word-vector table ({VECTORS_FILE} or a checkpoint's "
+            raise CheckpointError(f"{self.directory} holds no word-vector table ({VECTORS_FILE} or a checkpoint's "
                                     f"model.safetensors, with {WORDS_FILE})")
         self.path, self.key = found[0]
         with safe_open(str(self.path), "pt") as f:
             self.metadata = f.metadata()
             self.tensors = {k: f.get_tensor(k) for k in f.keys()}
         if self.key not in self.tensors:
-            raise KeyError(f"{self.path} has no {self.key!r}: this checkpoint has no word vectors")
+            raise CheckpointError(f"{self.path} has no {self.key!r}: this checkpoint has no word vectors")
         self.table: Tensor = self.tensors[self.key]
         self.words = read_words(self.directory)
         self.rows_read = len(self.words)
         if len(self.words) != self.table.shape[0]:
-            raise ValueError(f"{self.directory / WORDS_FILE} lists {len(self.words)} words for a table of "
+            raise CheckpointError(f"{self.directory / WORDS_FILE} lists {len(self.words)} words for a table of "
                              f"{self.table.shape[0]} rows")
 
     def write(self) -> None:

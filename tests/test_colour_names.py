@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from groma_core import language
 from groma_core.colour_names import (basic_colour_map, hex_to_rgb, hue_free_modifiers, matplotlib_named_colours,
                                      srgb_to_lab)
+from groma_core.errors import CheckpointError
 from groma_core.evaluate import box_iou
 from groma_core.pipeline import GromaPipeline
 from groma_core.word_vectors import WORDS_FILE, read_table, recolour_table, write_words
@@ -88,7 +89,7 @@ def test_recolour_sets_rows_in_place_and_is_idempotent(tmp_path):
     recolour_table(tmp_path, terms)
     assert torch.equal(load_file(str(tmp_path / "model.safetensors"))["word_vectors.table"], once["word_vectors.table"])
     (tmp_path / WORDS_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match="no word-vector table"):
+    with pytest.raises(CheckpointError, match="no word-vector table"):
         recolour_table(tmp_path, terms)
 
 
@@ -141,3 +142,10 @@ def test_colour_words_command_recolours_a_checkpoint_table_and_records_it(tmp_pa
     assert torch.equal(after[0], table[2])  # crimson reads as red
     assert torch.equal(after[1:], table[1:])  # violet is a training word, dark a modifier: unchanged
     assert "colour-words" in json.loads((tmp_path / "training.json").read_text())["after_training"][0]
+
+
+def test_colour_words_command_names_a_directory_without_a_table(tmp_path, capsys):
+    from groma_core.cli import main
+
+    assert main(["colour-words", str(tmp_path)]) == 2
+    assert "holds no word-vector table" in capsys.readouterr().err
