@@ -25,6 +25,8 @@ import re
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
+from .errors import MissingDependencyError
+
 #: sRGB in 0..1
 RGB = tuple[float, float, float]
 
@@ -135,8 +137,8 @@ def matplotlib_named_colours() -> dict[str, str]:
     try:
         from matplotlib.colors import CSS4_COLORS, XKCD_COLORS
     except ImportError as e:  # build-time only: the dev extra pins it
-        raise FileNotFoundError("the colour-name map reads matplotlib's named colours: pip install "
-                                "matplotlib==3.11.2 (in the dev extra)") from e
+        raise MissingDependencyError("the colour-name map reads matplotlib's named colours: pip install "
+                                     "matplotlib==3.11.2 (in the dev extra)") from e
     named = {_name(name): code for name, code in XKCD_COLORS.items()}
     for name, code in CSS4_COLORS.items():
         named.setdefault(name, code)

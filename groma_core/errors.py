@@ -11,3 +11,7 @@ class GromaInputError(GromaError, ValueError):
 
 class CheckpointError(GromaError):
     """A model directory is missing, incomplete, corrupt, or does not fit the architecture."""
+
+
+class MissingDependencyError(GromaError, ImportError):
+    """An optional, build-time-only package (e.g. matplotlib for the colour-name map) is not installed."""
