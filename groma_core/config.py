@@ -28,6 +28,7 @@ from .tokenizer import NUM_NEW_TOKENS
 
 
 REGION_ORDERS = ("score", "left_to_right", "random")
+VISION_BACKBONES = ("dinov2", "efficientnet_lite0")
 
 
 @dataclass
@@ -54,10 +55,16 @@ class ProjectOptions:
     distinct_regions: bool = False
     word_vector_dim: int = 0  # width of the fixed pretrained word vectors added to text inputs; 0 = none
     word_vector_count: int = 0  # rows of that table (see groma_core.word_vectors)
+    # "dinov2" (the original) or "efficientnet_lite0" (groma_core.backbone: a frozen pretrained CNN trunk whose
+    # levels are shaped like DINOv2's hidden states; the vision config then gives only the tokens' width,
+    # hidden_size, and the trunk's stride, patch_size = 16)
+    vision_backbone: str = "dinov2"
 
     def __post_init__(self) -> None:
         if self.region_order not in REGION_ORDERS:
             raise CheckpointError(f"region_order {self.region_order!r} is not one of {REGION_ORDERS}")
+        if self.vision_backbone not in VISION_BACKBONES:
+            raise CheckpointError(f"vision_backbone {self.vision_backbone!r} is not one of {VISION_BACKBONES}")
 
 
 @dataclass
@@ -81,7 +88,7 @@ class GromaConfig:
 
     @property
     def patch_grid(self) -> int:
-        """Side of the DINOv2 patch grid at the network input size (32 for 448 / 14)."""
+        """Side of the vision encoder's token grid at the network input size (32 for 448 / 14)."""
         return self.options.image_size // self.vision.patch_size
 
     # ----------------------------------------------------------------------------------------------

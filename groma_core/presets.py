@@ -55,20 +55,21 @@ def official_7b_config() -> GromaConfig:
 
 
 def tiny_config(base_vocab_size: int, word_vectors: tuple[int, int] | None = None) -> GromaConfig:
-    """``groma-tiny``: a CPU-sized Groma for the synthetic tabletop world (about 7 M parameters).
+    """``groma-tiny``: a CPU-sized Groma for the synthetic tabletop world (about 8 M parameters).
 
-    336-pixel input (a 24x24 patch grid, 144 image tokens; at 224 pixels the smallest objects were under one
-    patch and the proposer missed them), a 6-block DINOv2, a 2+2-layer proposer with 50 queries, a 7x7
-    single-round region encoder with correct RoI boxes (the official coordinate bugs are off), and a
-    4-layer, 256-wide Llama trained from scratch; ``word_vectors``: (count, dim) of the pretrained word-vector
-    table its text inputs get (see :mod:`groma_core.word_vectors`), None for none.
+    384-pixel input; a frozen ImageNet-trained EfficientNet-Lite0 trunk as the vision encoder
+    (:mod:`groma_core.backbone`: three levels of 128-wide tokens on a 24x24 grid, 144 image tokens), a 2+2-layer
+    proposer with 50 queries, a 7x7 single-round region encoder with correct RoI boxes (the official coordinate
+    bugs are off), and a 4-layer, 256-wide Llama trained from scratch; ``word_vectors``: (count, dim) of the
+    pretrained word-vector table its text inputs get (see :mod:`groma_core.word_vectors`), None for none.
     """
     llm = LlamaConfig(
         vocab_size=base_vocab_size, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
     )
-    vision = Dinov2Config(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, patch_size=14, image_size=336)
+    # a convolutional encoder: only hidden_size (token width) and patch_size (the trunk's stride) are read
+    vision = Dinov2Config(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, patch_size=16, image_size=384)
     ddetr = DeformableDetrConfig(
         d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
         encoder_ffn_dim=256, decoder_ffn_dim=256, num_queries=50, two_stage_num_proposals=50,
@@ -76,7 +77,7 @@ def tiny_config(base_vocab_size: int, word_vectors: tuple[int, int] | None = Non
         auxiliary_loss=True, class_cost=2, cls_loss_coefficient=2, disable_custom_kernels=True,
     )
     options = ProjectOptions(
-        image_size=336, proposer_box_hidden=128, region_hidden=256, region_pos_hidden=64,
+        image_size=384, vision_backbone="efficientnet_lite0", proposer_box_hidden=128, region_hidden=256, region_pos_hidden=64,
         region_feature_dim=256, region_roi_size=7, region_num_fuse=1, region_gn_groups=32,
         roi_bug_compatible=False, region_order="left_to_right", distinct_regions=True,
         word_vector_count=word_vectors[0] if word_vectors else 0, word_vector_dim=word_vectors[1] if word_vectors else 0,

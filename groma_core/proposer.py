@@ -22,6 +22,7 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
     inverse_sigmoid,
 )
 
+from .backbone import ConvVisionEncoder
 from .config import GromaConfig
 from .errors import CheckpointError
 from .vision import build_vision_encoder
@@ -210,7 +211,9 @@ class Perceiver(nn.Module):
                 f"only the released single-level proposer is supported (num_feature_levels=1), "
                 f"got {config.ddetr.num_feature_levels}"
             )
-        self.vis_encoder = build_vision_encoder(config.vision)
+        self.vis_encoder = (ConvVisionEncoder(config.vision.hidden_size, config.options.image_size)
+                            if config.options.vision_backbone == "efficientnet_lite0"
+                            else build_vision_encoder(config.vision))
         self.ddetr_transformer = DeformableTransformer(config)
         d, c = config.ddetr.d_model, config.vision.hidden_size
         self.input_proj = nn.ModuleList([nn.Sequential(nn.Conv2d(c, d, kernel_size=1), ChannelLayerNorm(d))])
@@ -218,7 +221,10 @@ class Perceiver(nn.Module):
 
     def encode_image(self, pixel_values: Tensor) -> tuple[Tensor, ...]:
         """(B, 3, S, S) -> DINOv2 hidden states: tuple of (num_layers + 1) tensors (B, 1 + g*g, C),
-        index 0 the embeddings, index k the output of block k, all before the final LayerNorm."""
+        index 0 the embeddings, index k the output of block k, all before the final LayerNorm (or the
+        convolutional encoder's levels in that shape, see :mod:`groma_core.backbone`)."""
+        if isinstance(self.vis_encoder, ConvVisionEncoder):
+            return self.vis_encoder(pixel_values)
         out = self.vis_encoder(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
         return out.hidden_states
 

