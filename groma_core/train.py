@@ -3,11 +3,13 @@
 The stages follow the original, adapted to a model trained from scratch on a 2-core CPU:
 
 0. tokenizer: a SentencePiece BPE model trained on the world's language, plus Groma's 114 tokens.
-1. proposer (the original's detection pre-training): DINOv2 + proposer with the Deformable-DETR losses
-   (Hungarian matching, focal + L1 + GIoU, auxiliary and two-stage losses). With no pretrained DINOv2 here,
-   the vision encoder trains too, and the region encoder's convolutions train with auxiliary kind / colour
-   / size heads on ground-truth boxes (training-only heads, not saved) so that region features carry the
-   attributes language will ask about. The vision side is frozen afterwards, as in the original.
+1. proposer (the original's detection pre-training): vision encoder + proposer with the Deformable-DETR
+   losses (Hungarian matching, focal + L1 + GIoU, auxiliary and two-stage losses). No pretrained DINOv2 can
+   be installed here; groma-tiny's vision encoder is a frozen ImageNet-trained EfficientNet-Lite0 trunk
+   (:mod:`groma_core.backbone`) whose level projections train here (a DINOv2 config trains the whole
+   encoder from scratch). The region encoder's convolutions train with auxiliary kind / colour / size heads
+   on ground-truth boxes (training-only heads, not saved) so that region features carry the attributes
+   language will ask about. The vision side is frozen afterwards, as in the original.
 2. alignment: region encoder projection + new token embeddings + LLM on every task (REC, commands, two-target
    commands, captions, descriptions, negatives), on short sequences that start at the region list (see
    ``_language_batch``); the image bridge first trains in stage 3.
