@@ -55,7 +55,7 @@ def official_7b_config() -> GromaConfig:
 
 
 def tiny_config(base_vocab_size: int, word_vectors: tuple[int, int] | None = None) -> GromaConfig:
-    """``groma-tiny``: a CPU-sized Groma for the synthetic tabletop world (about 8 M parameters).
+    """``groma-tiny``: a CPU-sized Groma for the synthetic tabletop world (about 7.6 M parameters).
 
     384-pixel input; a frozen ImageNet-trained EfficientNet-Lite0 trunk as the vision encoder
     (:mod:`groma_core.backbone`: three levels of 128-wide tokens on a 24x24 grid, 144 image tokens), a 2+2-layer
