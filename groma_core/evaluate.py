@@ -15,7 +15,8 @@ wording split ('eval' mixes phrasings the training data never contains):
   "not found" (a model that says "not found" more often scores higher on "not found" and this tells it).
 
 REC and one-target commands together are also broken down by the form of the description
-(``language.ref_form``: simple attributes, relation, between, ordinal, superlative).
+(``language.ref_form``: simple attributes, relation, between, ordinal, superlative), and their misses by what
+was named instead (:func:`miss_kind`).
 """
 
 from __future__ import annotations
@@ -46,10 +47,32 @@ def _named_boxes(grounding) -> list:
     return [p.boxes_xyxy[0] for p in grounding.phrases if p.boxes_xyxy]
 
 
+def miss_kind(scene, target_index: int, boxes) -> str | None:
+    """What a REC / command answer named instead of its target (None when right): ``not_found`` (no region),
+    ``no_object`` (a region that is no object: IoU < 0.5 with every one), or the object it named, by what it
+    shares with the target: ``same_kind_and_colour``, ``same_kind``, ``same_colour`` or ``other_object``."""
+    if not boxes:
+        return "not_found"
+    ious = [box_iou(o.box_xyxy, boxes[0]) for o in scene.objects]
+    best = max(range(len(ious)), key=ious.__getitem__)
+    if ious[best] < 0.5:
+        return "no_object"
+    if best == target_index or box_iou(scene.objects[target_index].box_xyxy, boxes[0]) >= 0.5:
+        return None
+    named, target = scene.objects[best], scene.objects[target_index]
+    same = (named.kind == target.kind, named.color == target.color)
+    return {(True, True): "same_kind_and_colour", (True, False): "same_kind", (False, True): "same_colour",
+            (False, False): "other_object"}[same]
+
+
+MISS_KINDS = ("not_found", "no_object", "same_kind_and_colour", "same_kind", "same_colour", "other_object")
+
+
 def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", progress: bool = True) -> dict:
     hits = {k: [] for k in ("rec", "command", "command2", "command2_first", "command2_second", "command2_same",
                             "not_found", "false_not_found", "caption", "plain_command", "proposer_recall")}
     by_form: dict[str, list[bool]] = {form: [] for form in language.REF_TYPE_WEIGHTS}
+    misses: dict[str, int] = dict.fromkeys(MISS_KINDS, 0)
     latencies = {"encode": [], "query": []}
     rng = random.Random(seed_start)
     scenes = range(seed_start, seed_start + n)
@@ -75,6 +98,9 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
             boxes = _named_boxes(grounding)
             target = scene.objects[sample.target_indices[0]].box_xyxy
             hits[task].append(bool(boxes) and box_iou(boxes[0], target) >= 0.5)
+            miss = None if hits[task][-1] else miss_kind(scene, sample.target_indices[0], boxes)
+            if miss is not None:
+                misses[miss] += 1
             by_form[language.ref_form(sample.meta["refs"][0])].append(hits[task][-1])
         sample = language.sample_language(scene, rng, "command2", split)
         grounding = run(sample)
@@ -119,6 +145,9 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
         "false_not_found": rate(hits["false_not_found"]),
         "proposer_recall_at_0.5": rate(hits["proposer_recall"]),
         "grounding_by_form": {form: {"acc_at_0.5": rate(v), "n": len(v)} for form, v in by_form.items()},
+        # share of all REC queries and one-target commands missed each way (they sum to 1 - accuracy)
+        "misses_by_what_was_named": {k: round(v / max(1, len(hits["rec"]) + len(hits["command"])), 4)
+                                     for k, v in misses.items()},
         "counts": {k: len(v) for k, v in hits.items()},
         "encode_median_ms": round(statistics.median(latencies["encode"]) * 1000, 1),
         "query_median_ms": round(statistics.median(latencies["query"]) * 1000, 1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from groma_core.evaluate import box_iou, evaluate
+from groma_core.evaluate import MISS_KINDS, box_iou, evaluate, miss_kind
 from groma_core.language import Ref, ref_form
 from groma_core.pipeline import GromaPipeline
 from groma_core.train import EVAL_SEED_START
@@ -43,6 +43,11 @@ def test_eval_counts_every_task_and_its_rates_agree(pipe):
     assert sum(f["n"] for f in forms.values()) == 2 * n
     right = sum(f["acc_at_0.5"] * f["n"] for f in forms.values() if f["n"])
     assert right == pytest.approx((result["rec_acc_at_0.5"] + result["command_acc_at_0.5"]) * n, abs=1e-3)
+    # every miss counted once, by what was named instead
+    misses = result["misses_by_what_was_named"]
+    assert set(misses) == set(MISS_KINDS)
+    assert sum(misses.values()) == pytest.approx(1 - (result["rec_acc_at_0.5"] + result["command_acc_at_0.5"]) / 2,
+                                                 abs=1e-3)
 
 
 @pytest.mark.parametrize("ref, form", [
@@ -58,3 +63,18 @@ def test_box_iou_of_pixel_boxes():
     assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
     assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+
+
+def test_miss_kind_says_what_a_wrong_answer_named():
+    scene = render_scene(EVAL_SEED_START)
+    objects = scene.objects
+    target = 0
+    assert miss_kind(scene, target, [objects[target].box_xyxy]) is None
+    assert miss_kind(scene, target, []) == "not_found"
+    assert miss_kind(scene, target, [(0.0, 0.0, 1.0, 1.0)]) == "no_object"
+    for i, o in enumerate(objects[1:], start=1):
+        if box_iou(o.box_xyxy, objects[target].box_xyxy) >= 0.5:
+            continue
+        expected = {(True, True): "same_kind_and_colour", (True, False): "same_kind", (False, True): "same_colour",
+                    (False, False): "other_object"}[(o.kind == objects[target].kind, o.color == objects[target].color)]
+        assert miss_kind(scene, target, [o.box_xyxy]) == expected
