@@ -953,3 +953,39 @@ def eval_samples(scene: Scene, rng: random.Random, split: str = "eval", per_task
     """``per_task`` samples of every task in ``TASKS`` order, for evaluation (held-out wording by
     default)."""
     return [sample_language(scene, rng, task, split) for task in TASKS for _ in range(per_task)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Word variation for training: other words in the user's slots, echoed by the answer
+# --------------------------------------------------------------------------------------------------
+
+def held_out_words() -> set[str]:
+    """Every lower-case word of the evaluation-only ('~') lexicon entries that training text never contains."""
+    return {w for entry in _strings(_LEXICONS) if entry.startswith("~")
+            for w in re.findall(r"[a-z]+", entry.lower())} - training_words()
+
+
+def substitute_words(sample: LanguageSample, replacements: dict[str, str]) -> LanguageSample:
+    """``sample`` with whole words replaced (``{"mug": "teacup", "white": "ivory-white"}``) in its query, its
+    answer and its referent texts alike, since answers echo the user's words.
+
+    Matching ignores case and keeps a capital first letter; a word inside another word or inside a markup
+    token (the ``box`` of ``<refer_box>``) is left alone. Structured referents (``meta['refs']``) are kept.
+    """
+    if not replacements:
+        return sample
+    pattern = re.compile(r"(?<![A-Za-z_<])(" + "|".join(map(re.escape, sorted(replacements, key=len, reverse=True)))
+                         + r")(?![A-Za-z_>])", re.IGNORECASE)
+
+    def swap(match: re.Match) -> str:
+        new = replacements[match.group(1).lower()]
+        return new[:1].upper() + new[1:] if match.group(1)[:1].isupper() else new
+
+    def text(value: str) -> str:
+        return pattern.sub(swap, value)
+
+    meta = dict(sample.meta)
+    if "referent_texts" in meta:
+        meta["referent_texts"] = [text(t) for t in meta["referent_texts"]]
+    return replace(sample, query=text(sample.query), answer=[Span(text(s.text), s.object_indices) for s in sample.answer],
+                   meta=meta)

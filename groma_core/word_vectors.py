@@ -133,6 +133,53 @@ def read_table(directory: str | Path = TABLE_DIR) -> tuple[list[str], Tensor]:
     return words, vectors
 
 
+def vector_neighbours(words: Sequence[str], table: Tensor, classes: Mapping[str, Sequence[str]],
+                      exclude: set[str], min_similarity: float = 0.5, margin: float = 0.1, per_word: int = 8
+                      ) -> dict[str, list[str]]:
+    """Stand-ins for each word of ``classes`` (``{class: its words}``, e.g. the kind "ball": ["ball", "sphere"]):
+    the table words, up to ``per_word`` of them, whose cosine with it is at least ``min_similarity``, that lie
+    nearer a word of its own class than of any other by at least ``margin``, and that contain no other class's
+    word ("teacup" stays out of "mug": its pieces say "cup"). Class words themselves, words in ``exclude`` and
+    words of fewer than 3 letters are never stand-ins; class words missing from the table get none. ``words`` / ``table``: see :func:`read_table`.
+    """
+    row = {w: i for i, w in enumerate(words)}
+    members = [(c, w) for c, ws in classes.items() for w in ws if w in row]
+    if not members:
+        return {}
+    unit = torch.nn.functional.normalize(table.float(), dim=1)
+    similarity = unit @ unit[[row[w] for _, w in members]].T  # (count, members)
+    taken = set(exclude) | {w for _, w in members}  # a class word is no stand-in for another
+    usable = torch.tensor([w.isalpha() and len(w) >= 3 and w not in taken for w in words])
+    out: dict[str, list[str]] = {}
+    for c in classes:
+        own = torch.tensor([m == c for m, _ in members])
+        if not own.any():
+            continue
+        nearest_own = similarity[:, own].max(1).values
+        nearest_other = similarity[:, ~own].max(1).values if (~own).any() else torch.full_like(nearest_own, -1.0)
+        others = [w for m, w in members if m != c]
+        for j in own.nonzero().flatten().tolist():
+            s = similarity[:, j]
+            ok = usable & (s >= min_similarity) & (s >= nearest_own) & (nearest_own - nearest_other >= margin)
+            ranked = s.masked_fill(~ok, -2.0).argsort(descending=True)[: int(ok.sum())].tolist()
+            picked = [words[i] for i in ranked if not any(o in words[i] for o in others)][:per_word]
+            if picked:
+                out[members[j][1]] = picked
+    return out
+
+
+def distant_words(words: Sequence[str], table: Tensor, anchors: Sequence[str], exclude: set[str],
+                  max_similarity: float = 0.3) -> list[str]:
+    """Table words (alphabetic, 3-12 letters, not in ``exclude``) whose cosine with every word of ``anchors``
+    is below ``max_similarity``: words that say nothing about what the anchors say (kinds, colours, places)."""
+    row = {w: i for i, w in enumerate(words)}
+    unit = torch.nn.functional.normalize(table.float(), dim=1)
+    known = [row[w] for w in anchors if w in row]
+    nearest = (unit @ unit[known].T).max(1).values if known else torch.full((len(words),), -1.0)
+    return [w for i, w in enumerate(words)
+            if nearest[i] < max_similarity and w.isalpha() and 3 <= len(w) <= 12 and w not in exclude]
+
+
 def write_words(words: Sequence[str], directory: str | Path) -> None:
     (Path(directory) / WORDS_FILE).write_text("\n".join(words), encoding="utf-8")
 
