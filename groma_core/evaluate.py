@@ -48,17 +48,18 @@ def _named_boxes(grounding) -> list:
 
 
 def miss_kind(scene, target_index: int, boxes) -> str | None:
-    """What a REC / command answer named instead of its target (None when right): ``not_found`` (no region),
+    """What a REC / command answer named instead of its target: None when right (the first of ``boxes``, pixel
+    xyxy, has IoU >= 0.5 with the target), ``not_found`` (no region),
     ``no_object`` (a region that is no object: IoU < 0.5 with every one), or the object it named, by what it
     shares with the target: ``same_kind_and_colour``, ``same_kind``, ``same_colour`` or ``other_object``."""
     if not boxes:
         return "not_found"
     ious = [box_iou(o.box_xyxy, boxes[0]) for o in scene.objects]
+    if ious[target_index] >= 0.5:
+        return None
     best = max(range(len(ious)), key=ious.__getitem__)
     if ious[best] < 0.5:
         return "no_object"
-    if best == target_index or box_iou(scene.objects[target_index].box_xyxy, boxes[0]) >= 0.5:
-        return None
     named, target = scene.objects[best], scene.objects[target_index]
     same = (named.kind == target.kind, named.color == target.color)
     return {(True, True): "same_kind_and_colour", (True, False): "same_kind", (False, True): "same_colour",
@@ -95,10 +96,8 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
             sample = language.sample_language(scene, rng, task, split)
             grounding = run(sample)
             hits["false_not_found"].append(not grounding.found)
-            boxes = _named_boxes(grounding)
-            target = scene.objects[sample.target_indices[0]].box_xyxy
-            hits[task].append(bool(boxes) and box_iou(boxes[0], target) >= 0.5)
-            miss = None if hits[task][-1] else miss_kind(scene, sample.target_indices[0], boxes)
+            miss = miss_kind(scene, sample.target_indices[0], _named_boxes(grounding))
+            hits[task].append(miss is None)  # the first region named has IoU >= 0.5 with the target
             if miss is not None:
                 misses[miss] += 1
             by_form[language.ref_form(sample.meta["refs"][0])].append(hits[task][-1])

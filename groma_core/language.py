@@ -269,11 +269,16 @@ _LEXICONS = (KIND_WORDS, COLOR_WORDS, COLOUR_FRAMES, GENERIC_NOUNS, SIZE_WORDS, 
              KINDS, COLOR_NAMES, GROUNDING_PREFIX, REFER_MARKUP, "<p></p><roi></roi>", "there is no in the image")
 
 
+def _lexicon_words(evaluation_only: bool) -> set[str]:
+    """Lower-case words (``[a-z]+``) of the evaluation-only ('~') lexicon entries, or of all the others."""
+    return {w for entry in _strings(_LEXICONS) if entry.startswith("~") == evaluation_only
+            for w in re.findall(r"[a-z]+", entry.lower())}
+
+
 def training_words() -> set[str]:
     """Every lower-case word (``[a-z]+``) that training-split language can contain: the lexicons' entries
     without the evaluation-only ('~') ones, and the templates' words. (Typos aside.)"""
-    return {w for entry in _strings(_LEXICONS) if not entry.startswith("~")
-            for w in re.findall(r"[a-z]+", entry.lower())}
+    return _lexicon_words(evaluation_only=False)
 
 
 def _pick(rng: random.Random, entries: list[str], split: str) -> str:
@@ -961,8 +966,7 @@ def eval_samples(scene: Scene, rng: random.Random, split: str = "eval", per_task
 
 def held_out_words() -> set[str]:
     """Every lower-case word of the evaluation-only ('~') lexicon entries that training text never contains."""
-    return {w for entry in _strings(_LEXICONS) if entry.startswith("~")
-            for w in re.findall(r"[a-z]+", entry.lower())} - training_words()
+    return _lexicon_words(evaluation_only=True) - training_words()
 
 
 def substitute_words(sample: LanguageSample, replacements: dict[str, str]) -> LanguageSample:

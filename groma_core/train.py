@@ -404,10 +404,9 @@ class WordVariation:
         # "can" is also the modal verb of "can you ..."; colours already read right (colour_names.py)
         for word in ["can"] + [w for ws in colours.values() for w in ws]:
             synonyms.pop(word, None)
-        # words of up to 3 letters are mostly function words that lie near much of the table; checked: no modifier
-        # lies within cosine 0.5 of a short content word (red, mug, cup, box, tin, big)
-        anchors = [w for entry in language._strings(language._LEXICONS) for w in re.findall(r"[a-z]+", entry.lower())
-                   if len(w) > 3]
+        # every word of the language but those of up to 3 letters, mostly function words that lie near much of the
+        # table; checked: no modifier lies within cosine 0.5 of a short content word (red, mug, cup, box, tin, big)
+        anchors = sorted(w for w in exclude if len(w) > 3)
         return cls(synonyms, distant_words(wv.words, wv.table, anchors, exclude),
                    frozenset(w for ws in kinds.values() for w in ws) - {"can"},
                    frozenset(w for ws in colours.values() for w in ws), settings.synonym_share, settings.modifier_share)

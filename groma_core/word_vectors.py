@@ -140,7 +140,8 @@ def vector_neighbours(words: Sequence[str], table: Tensor, classes: Mapping[str,
     the table words, up to ``per_word`` of them, whose cosine with it is at least ``min_similarity``, that lie
     nearer a word of its own class than of any other by at least ``margin``, and that contain no other class's
     word ("teacup" stays out of "mug": its pieces say "cup"). Class words themselves, words in ``exclude`` and
-    words of fewer than 3 letters are never stand-ins; class words missing from the table get none. ``words`` / ``table``: see :func:`read_table`.
+    words of fewer than 3 letters are never stand-ins; class words missing from the table get none.
+    ``words`` / ``table``: see :func:`read_table`.
     """
     row = {w: i for i, w in enumerate(words)}
     members = [(c, w) for c, ws in classes.items() for w in ws if w in row]
