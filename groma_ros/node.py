@@ -26,10 +26,15 @@ machine it delivered images up to 5 s late (medians 20-45 ms; single-threaded, a
 measured with the test harness, rclpy 9.1.2).
 
 3D: depth and camera_info callbacks only store the message in a small stamp-indexed buffer
-(``groma_ros.spatial.StampBuffer``).  For each grounded command the worker takes the depth image
-whose stamp is nearest the colour image's (within ``depth_max_stamp_diff``, waiting up to
-``depth_wait`` for one still on its way), the camera_info nearest that depth image, and localises
-every detection (``groma_ros.depth3d``).  Missing or unusable inputs never fail the command: the
+(``groma_ros.spatial.StampBuffer``), and the image callback keeps as many recent images.  For
+each command the worker takes the depth image whose stamp is nearest the latest colour image's
+(within ``depth_max_stamp_diff``, waiting up to ``depth_wait`` for one still on its way) and the
+camera_info nearest that depth image.  When the latest image's depth was lost (best-effort
+transport drops a large depth frame now and then, more often on a loaded machine: the depth
+stream went on past it), the newest buffered image that has both and is not older than
+``max_frame_age`` is grounded instead (the result's header says which), so one lost frame does
+not cost the planner its 3D targets.  Every detection is then
+localised (``groma_ros.depth3d``).  Missing or unusable inputs never fail the command: the
 result's ``depth_status`` and per-detection ``detections_3d_status`` say what is missing.
 """
 
@@ -42,13 +47,15 @@ import threading
 import time
 import traceback
 import unicodedata
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import InvalidHandle, InvalidParameterValueException
+from rclpy.exceptions import InvalidHandle, InvalidParameterValueException, NotInitializedException
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
@@ -82,6 +89,7 @@ __all__ = ["GromaNode", "PipelineFactory", "validate_command", "main"]
 PipelineFactory = Callable[..., Any]
 
 ImageMsg = Union[Image, CompressedImage]
+RCLError = _rclpy.RCLError  # what rcl calls raise, e.g. on a context that was shut down
 
 _RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
@@ -194,7 +202,7 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "depth_buffer_size": (
         10,
         _describe(
-            "Recent depth images and camera_infos kept for stamp matching. Applied at activate.",
+            "Recent depth images, camera_infos and colour images kept for stamp matching. Applied at activate.",
             integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)],
         ),
     ),
@@ -273,7 +281,7 @@ class _Job:
 
 @dataclass
 class _Latest:
-    """The latest image message and when it arrived (receive sequence number, ROS time)."""
+    """An image message and when it arrived (receive sequence number, ROS time)."""
 
     msg: ImageMsg
     seq: int
@@ -281,6 +289,12 @@ class _Latest:
 
 
 _STOP = object()
+
+
+def _frame_age(frame: _Latest, now_ns: int) -> float:
+    """Seconds from ``frame``'s header stamp to ``now_ns``.  An unstamped image (stamp 0) would
+    always look decades old; its arrival time is the best estimate of when it was taken."""
+    return (now_ns - (stamp_ns(frame.msg.header) or frame.received_ns)) / 1e9
 
 
 class GromaNode(LifecycleNode):
@@ -305,8 +319,11 @@ class GromaNode(LifecycleNode):
             raise ValueError(f"invalid parameter: {bad.reason}")
 
         self._pipeline: Any = None
-        self._lock = threading.Lock()  # guards _latest, _command_seq
+        self._lock = threading.Lock()  # guards _latest, _recent, _command_seq
         self._latest: Optional[_Latest] = None
+        # Recent images, newest last, to fall back on when the latest one's depth was lost
+        # (depth_buffer_size of them with 3D on, else only the latest).
+        self._recent: deque[_Latest] = deque(maxlen=1)
         self._image_seq = 0
         self._command_seq = 0
         # (image receive seq, rgb, encoded frame) of the last frame the model saw; one entry
@@ -420,6 +437,8 @@ class GromaNode(LifecycleNode):
         if self._depth_active:
             size = int(self._param("depth_buffer_size"))
             self._depth_buffer, self._info_buffer = StampBuffer(size), StampBuffer(size)
+            with self._lock:
+                self._recent = deque(maxlen=size)
             depth_qos = QoSProfile(
                 history=HistoryPolicy.KEEP_LAST, depth=size, reliability=_RELIABILITY[reliability],
                 durability=DurabilityPolicy.VOLATILE,
@@ -479,6 +498,7 @@ class GromaNode(LifecycleNode):
         self._info_buffer.clear()
         with self._lock:
             self._latest = None
+            self._recent = deque(maxlen=1)
         self._cache = None
         return super().on_deactivate(state)
 
@@ -530,6 +550,7 @@ class GromaNode(LifecycleNode):
         with self._lock:
             self._image_seq += 1
             self._latest = _Latest(msg, self._image_seq, now)
+            self._recent.append(self._latest)
 
     def _warn_no_image(self) -> None:
         if self._warn_timer is not None:
@@ -617,24 +638,30 @@ class GromaNode(LifecycleNode):
 
         now_ns = self.get_clock().now().nanoseconds
         if job.image is not None:
-            msg, seq, received_ns = job.image, None, now_ns
+            frame_in = _Latest(job.image, 0, now_ns)
         else:
             with self._lock:
-                latest = self._latest
-            if latest is None:
+                frame_in = self._latest
+            if frame_in is None:
                 return GroundingResult.STATUS_NO_IMAGE, self._no_image_reason(time.monotonic() - self._activated_at)
-            msg, seq, received_ns = latest.msg, latest.seq, latest.received_ns
-        result.header = msg.header
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        # An unstamped image (stamp 0) would always look decades old; its arrival time is the
-        # best estimate of when it was taken.
-        age = (now_ns - (stamp_ns or received_ns)) / 1e9
-        result.frame_age = duration_msg(age)
+        age = _frame_age(frame_in, now_ns)
         max_age = float(self._param("max_frame_age"))
         if job.image is None and max_age > 0 and age > max_age:
+            result.header, result.frame_age = frame_in.msg.header, duration_msg(age)
             return GroundingResult.STATUS_STALE_IMAGE, (
                 f"the latest image is {age:.2f} s old (max_frame_age {max_age:g} s); is the camera still publishing?"
             )
+        depth = self._match_depth(frame_in.msg.header, float(self._param("depth_wait")))
+        fallback_note = ""
+        if job.image is None and isinstance(depth, Spatial) and self._depth_was_lost(frame_in):
+            older = self._older_frame_with_depth(frame_in, now_ns, max_age)
+            if older is not None:
+                skipped = (stamp_ns(frame_in.msg.header) - stamp_ns(older[0].msg.header)) / 1e9
+                fallback_note = f"; the latest image's depth was lost, so the image {skipped:.3f} s before it was grounded"
+                frame_in, depth = older
+                age = _frame_age(frame_in, now_ns)
+        msg, seq = frame_in.msg, (frame_in.seq if job.image is None else None)
+        result.header, result.frame_age = msg.header, duration_msg(age)
 
         try:
             rgb, frame = self._encode(msg, seq, pipe)
@@ -666,29 +693,61 @@ class GromaNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - a model failure is a result, not a crash
             return self._model_failure("grounding the command", exc)
         fill_result(result, grounding, msg.header)
-        apply_to_result(result, self._localize(result, msg.header, (rgb.shape[1], rgb.shape[0])))
+        if isinstance(depth, Spatial):  # no 3D: the same reason for every detection
+            spatial = unavailable(result.detections, depth.status, depth.message)
+        else:
+            params = DepthParams(
+                range_min=float(self._param("depth_range_min")), range_max=float(self._param("depth_range_max"))
+            )
+            spatial = localize_detections(result.detections, msg.header, (rgb.shape[1], rgb.shape[0]), *depth, params)
+            spatial.message += fallback_note
+        apply_to_result(result, spatial)
         self._publish_outputs(result, rgb)
         return result.status, result.status_message
 
-    def _localize(self, result: GroundingResult, header: Header, image_size: tuple[int, int]) -> Spatial:
-        """The 3D part of ``result``: match depth and camera_info to the image stamp, localise."""
-        detections = result.detections
+    def _match_depth(self, header: Header, wait: float) -> Union[tuple[Image, CameraInfo], Spatial]:
+        """The depth image nearest ``header``'s stamp and the camera_info nearest the depth's.
+
+        Returns the pair, or a detection-less :class:`Spatial` whose status and message say what
+        is missing (3D off, no depth image, no camera_info).  ``wait``: seconds to wait for one
+        still on its way (``StampBuffer.match``).
+        """
         if not self._depth_active:
-            return unavailable(detections, DepthStatus.DISABLED, "3D is off (use_depth was false at activation)")
+            return Spatial(DepthStatus.DISABLED, "3D is off (use_depth was false at activation)")
         tolerance = int(float(self._param("depth_max_stamp_diff")) * 1e9)
-        wait = float(self._param("depth_wait"))
         depth, why = self._depth_buffer.match(stamp_ns(header), tolerance, wait)
         if depth is None:
             topic = self.resolve_topic_name(self._param("depth_topic"))
-            return unavailable(detections, DepthStatus.NO_DEPTH, f"no depth image on '{topic}' for this image: {why}")
+            return Spatial(DepthStatus.NO_DEPTH, f"no depth image on '{topic}' for this image: {why}")
         info, why = self._info_buffer.match(stamp_ns(depth.header), tolerance, wait)
         if info is None:
             topic = self.resolve_topic_name(self._param("camera_info_topic"))
-            return unavailable(
-                detections, DepthStatus.NO_CAMERA_INFO, f"no camera_info on '{topic}' for the depth image: {why}"
-            )
-        params = DepthParams(range_min=float(self._param("depth_range_min")), range_max=float(self._param("depth_range_max")))
-        return localize_detections(detections, header, image_size, depth, info, params)
+            return Spatial(DepthStatus.NO_CAMERA_INFO, f"no camera_info on '{topic}' for the depth image: {why}")
+        return depth, info
+
+    def _depth_was_lost(self, frame: _Latest) -> bool:
+        """True when the depth stream has gone past ``frame`` without a depth image for it: one
+        newer than its stamp (beyond ``depth_max_stamp_diff``) is buffered.  Only then is an older
+        image grounded instead: a depth stream that stopped, or an image that never had depth,
+        gets the latest image and NO_DEPTH."""
+        newest = self._depth_buffer.newest_stamp()
+        tolerance = int(float(self._param("depth_max_stamp_diff")) * 1e9)
+        return newest is not None and newest > stamp_ns(frame.msg.header) + tolerance
+
+    def _older_frame_with_depth(
+        self, latest: _Latest, now_ns: int, max_age: float
+    ) -> Optional[tuple[_Latest, tuple[Image, CameraInfo]]]:
+        """The newest buffered image before ``latest`` that has a depth image and camera_info
+        and is not older than ``max_age`` seconds (<= 0: any age), with that pair; or None."""
+        with self._lock:
+            older = [f for f in reversed(self._recent) if f.seq < latest.seq]
+        for frame in older:
+            if max_age > 0 and _frame_age(frame, now_ns) > max_age:
+                break
+            depth = self._match_depth(frame.msg.header, 0.0)
+            if not isinstance(depth, Spatial):
+                return frame, depth
+        return None
 
     def _model_failure(self, stage: str, exc: BaseException) -> tuple[int, str]:
         self.get_logger().error(f"model failed while {stage}:\n{''.join(traceback.format_exception(exc))}")
@@ -797,6 +856,10 @@ def main(args: Optional[list[str]] = None) -> int:
         except (ValueError, InvalidParameterValueException) as exc:  # a bad params file or -p value
             rclpy.logging.get_logger("groma_node").fatal(str(exc))
             return 2
+        except (RCLError, InvalidHandle, NotInitializedException):
+            if rclpy.ok():
+                raise
+            return 0  # Ctrl-C during start-up: rclpy shut the context down under the constructor
         executor.add_node(node)
         if node.get_parameter("autostart").value:
             for transition in (node.trigger_configure, node.trigger_activate):
@@ -807,14 +870,18 @@ def main(args: Optional[list[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            node._stop_worker("the node is shutting down")
-            executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
+        try:
+            if node is not None:
+                node._stop_worker("the node is shutting down")
+                executor.remove_node(node)
+                node.destroy_node()
+            executor.shutdown()
+            rclpy.try_shutdown()
+        except KeyboardInterrupt:
+            # Python raises the Ctrl-C only once the C call it interrupted returns, so a
+            # Ctrl-C during start-up may surface here, after the shutdown it caused.
+            pass
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -99,6 +99,11 @@ class StampBuffer:
         with self._cond:
             return len(self._items)
 
+    def newest_stamp(self) -> Optional[int]:
+        """The largest header stamp (ns) buffered, None when empty."""
+        with self._cond:
+            return max((stamp_ns(m.header) for m in self._items), default=None)
+
     def _nearest(self, stamp: int) -> tuple[Optional[Any], Optional[int]]:
         best, best_diff = None, None
         for msg in self._items:  # oldest first: among equal differences the newest wins
@@ -124,7 +129,7 @@ class StampBuffer:
                 msg, diff = self._nearest(stamp)
                 if msg is not None and diff <= tolerance_ns:
                     return msg, ""
-                newest = max((stamp_ns(m.header) for m in self._items), default=None)
+                newest = self.newest_stamp()  # (the condition's lock is re-entrant)
                 live = time.monotonic() - self._last_added < live_s
                 can_come = live and newest is not None and newest <= stamp + tolerance_ns
                 remaining = end - time.monotonic()

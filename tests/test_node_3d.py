@@ -81,11 +81,14 @@ class Harness3D(Harness):
                 return
         raise AssertionError("the node never buffered the message")
 
-    def frame(self, depth: np.ndarray | None, encoding: str = "32FC1", info: bool = True, depth_offset: float = 0.0) -> Header:
-        """Publish SCENE's image and (optionally) its depth and camera_info; return the image header."""
+    def frame(
+        self, depth: np.ndarray | None, encoding: str = "32FC1", info: bool = True, depth_offset: float = 0.0, age: float = 0.0
+    ) -> Header:
+        """Publish SCENE's image (stamped ``age`` seconds ago) and (optionally) its depth and
+        camera_info; return the image header."""
         self.node._depth_buffer.clear()  # each test sees only its own frame
         self.node._info_buffer.clear()
-        header = self.header()
+        header = self.header(age)
         depth_header = Header(frame_id=DEPTH_FRAME)
         depth_header.stamp.sec, depth_header.stamp.nanosec = divmod(stamp_ns(header) + int(depth_offset * 1e9), 10**9)
         if depth is not None:
@@ -171,6 +174,40 @@ def test_depth_without_camera_info(h3: Harness3D) -> None:
     assert r.status == S.STATUS_OK and r.depth_status == D.STATUS_NO_CAMERA_INFO
     assert "/rgbd/camera_info" in r.depth_status_message
     assert [s.status for s in r.detections_3d_status] == [D.STATUS_NO_CAMERA_INFO]
+
+
+def test_lost_depth_frame_grounds_the_newest_image_that_has_depth(h3: Harness3D) -> None:
+    """A best-effort depth frame lost in transport: the image before it (with depth) is used."""
+    with_depth = h3.frame(SCENE.depth_m, age=0.2)
+    lost = h3.header(age=0.1)  # newer image; its depth and camera_info never arrive ...
+    h3.image(rgb_to_image_msg(SCENE.image, lost))
+    later = h3.header()  # ... while the depth stream goes on (the next frame's colour image is still on its way)
+    later.frame_id = DEPTH_FRAME
+    h3.buffered(h3.node._depth_buffer, h3.pub_depth, metres_to_depth_image(SCENE.depth_m, "32FC1", later))
+    r = h3.command("pick up the blue mug")
+    assert r.status == S.STATUS_OK and r.depth_status == D.STATUS_OK, r.depth_status_message
+    assert r.header == with_depth and r.detections.header == with_depth
+    gap = (stamp_ns(lost) - stamp_ns(with_depth)) / 1e9
+    assert f"the latest image's depth was lost, so the image {gap:.3f} s before it was grounded" in r.depth_status_message
+    assert r.detections_3d.header.stamp == with_depth.stamp
+    c = r.detections_3d.detections[0].bbox.center.position
+    assert np.linalg.norm(np.subtract((c.x, c.y, c.z), truth("blue mug"))) < 0.03
+
+
+@pytest.mark.parametrize("case", ["older than max_frame_age", "depth stream stopped"])
+def test_the_latest_image_without_depth_is_grounded_when_no_frame_was_lost(h3: Harness3D, case: str) -> None:
+    """No fallback to an image too old to act on, nor when no newer depth says a frame was lost
+    (the depth stream stopped, or the image never had depth)."""
+    h3.frame(SCENE.depth_m, age=3.0 if case == "older than max_frame_age" else 0.2)  # max_frame_age: 2 s
+    newest = h3.header(age=0.1)
+    h3.image(rgb_to_image_msg(SCENE.image, newest))
+    if case == "older than max_frame_age":  # the depth stream goes on
+        later = h3.header()
+        later.frame_id = DEPTH_FRAME
+        h3.buffered(h3.node._depth_buffer, h3.pub_depth, metres_to_depth_image(SCENE.depth_m, "32FC1", later))
+    r = h3.command("pick up the blue mug")
+    assert r.status == S.STATUS_OK and r.depth_status == D.STATUS_NO_DEPTH
+    assert r.header == newest
 
 
 @pytest.mark.parametrize("encoding, fill", [("16UC1", 0.0), ("32FC1", np.nan), ("32FC1", 25.0)], ids=["zeros", "nan", "far"])
