@@ -16,7 +16,7 @@ wording split ('eval' mixes phrasings the training data never contains):
 
 REC and one-target commands together are also broken down by the form of the description
 (``language.ref_form``: simple attributes, relation, between, ordinal, superlative), and their misses by what
-was named instead (:func:`miss_kind`).
+was named instead (:func:`miss_kind`); "not found" by why nothing matches (:func:`negative_form`).
 """
 
 from __future__ import annotations
@@ -69,11 +69,29 @@ def miss_kind(scene, target_index: int, boxes) -> str | None:
 MISS_KINDS = ("not_found", "no_object", "same_kind_and_colour", "same_kind", "same_colour", "other_object")
 
 
+def negative_form(scene, ref: language.Ref) -> str:
+    """Why the description ``ref`` of a "not found" query matches nothing in ``scene``: ``absent_kind`` (no
+    object of its kind: "the kettle", "the blue cup" without cups), ``absent_colour`` (its kind is there in other
+    colours: "the purple mug", also as a superlative or between two real objects), ``ordinal_past_count`` ("the
+    third mug from the left" with two) or ``impossible_relation`` (its kind is there, but not in that relation)."""
+    if ref.kind not in {o.kind for o in scene.objects}:
+        return "absent_kind"
+    if ref.ordinal is not None:
+        return "ordinal_past_count"
+    if ref.relation is not None and ref.relation[0] != "between":
+        return "impossible_relation"
+    return "absent_colour"
+
+
+NEGATIVE_FORMS = ("absent_kind", "absent_colour", "ordinal_past_count", "impossible_relation")
+
+
 def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", progress: bool = True) -> dict:
     hits = {k: [] for k in ("rec", "command", "command2", "command2_first", "command2_second", "command2_same",
                             "not_found", "false_not_found", "caption", "plain_command", "proposer_recall")}
     by_form: dict[str, list[bool]] = {form: [] for form in language.REF_TYPE_WEIGHTS}
     misses: dict[str, int] = dict.fromkeys(MISS_KINDS, 0)
+    negatives: dict[str, list[bool]] = {form: [] for form in NEGATIVE_FORMS}
     latencies = {"encode": [], "query": []}
     rng = random.Random(seed_start)
     scenes = range(seed_start, seed_start + n)
@@ -114,6 +132,7 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
         for task in ("negative_rec", "negative_command"):
             sample = language.sample_language(scene, rng, task, split)
             hits["not_found"].append(not run(sample).found)
+            negatives[negative_form(scene, sample.meta["refs"][0])].append(hits["not_found"][-1])
         sample = language.sample_language(scene, rng, "caption", split)
         obj = scene.objects[sample.refer_indices[0]]
         caption = run(sample, [obj.box_xyxy]).answer.lower()
@@ -147,6 +166,7 @@ def evaluate(pipe: GromaPipeline, n: int, seed_start: int, split: str = "eval", 
         # share of all REC queries and one-target commands missed each way (they sum to 1 - accuracy)
         "misses_by_what_was_named": {k: round(v / max(1, len(hits["rec"]) + len(hits["command"])), 4)
                                      for k, v in misses.items()},
+        "not_found_by_form": {form: {"correct": rate(v), "n": len(v)} for form, v in negatives.items()},
         "counts": {k: len(v) for k, v in hits.items()},
         "encode_median_ms": round(statistics.median(latencies["encode"]) * 1000, 1),
         "query_median_ms": round(statistics.median(latencies["query"]) * 1000, 1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from groma_core.evaluate import MISS_KINDS, box_iou, evaluate, miss_kind
+from groma_core.evaluate import MISS_KINDS, NEGATIVE_FORMS, box_iou, evaluate, miss_kind, negative_form
 from groma_core.language import Ref, ref_form
 from groma_core.pipeline import GromaPipeline
 from groma_core.train import EVAL_SEED_START
@@ -48,6 +48,11 @@ def test_eval_counts_every_task_and_its_rates_agree(pipe):
     assert set(misses) == set(MISS_KINDS)
     assert sum(misses.values()) == pytest.approx(1 - (result["rec_acc_at_0.5"] + result["command_acc_at_0.5"]) / 2,
                                                  abs=1e-3)
+    # every "not found" query counted once, by why nothing matches
+    negatives = result["not_found_by_form"]
+    assert set(negatives) == set(NEGATIVE_FORMS) and sum(f["n"] for f in negatives.values()) == 2 * n
+    right = sum(f["correct"] * f["n"] for f in negatives.values() if f["n"])
+    assert right == pytest.approx(result["not_found_correct"] * 2 * n, abs=1e-3)
 
 
 @pytest.mark.parametrize("ref, form", [
@@ -78,3 +83,34 @@ def test_miss_kind_says_what_a_wrong_answer_named():
         expected = {(True, True): "same_kind_and_colour", (True, False): "same_kind", (False, True): "same_colour",
                     (False, False): "other_object"}[(o.kind == objects[target].kind, o.color == objects[target].color)]
         assert miss_kind(scene, target, [o.box_xyxy]) == expected
+
+
+def test_negative_form_says_why_nothing_matches():
+    scene = next(s for s in map(render_scene, range(EVAL_SEED_START, EVAL_SEED_START + 50)) if len(s.objects) >= 2)
+    kinds = {o.kind for o in scene.objects}
+    o, other = scene.objects[0], scene.objects[1]
+    assert negative_form(scene, Ref("kettle")) == "absent_kind"
+    absent = next(k for k in ("mug", "bottle", "can", "box", "book", "bowl", "ball", "plate") if k not in kinds)
+    assert negative_form(scene, Ref(absent, "blue")) == "absent_kind"
+    assert negative_form(scene, Ref(o.kind, "purple")) == "absent_colour"
+    assert negative_form(scene, Ref(o.kind, "purple", superlative="largest")) == "absent_colour"
+    assert negative_form(scene, Ref(o.kind, "purple", relation=("between", Ref(other.kind), Ref(o.kind)))) == "absent_colour"
+    assert negative_form(scene, Ref(o.kind, ordinal=(5, "left"))) == "ordinal_past_count"
+    assert negative_form(scene, Ref(o.kind, relation=("left_of", Ref(other.kind, other.color)))) == "impossible_relation"
+
+
+def test_every_negative_the_language_makes_has_a_form():
+    """The eval split's negatives, over many scenes: each of the four forms occurs (none is unreachable)."""
+    import random
+
+    from groma_core import language
+
+    rng = random.Random(0)
+    seen = set()
+    for seed in range(EVAL_SEED_START, EVAL_SEED_START + 60):
+        scene = render_scene(seed)
+        for task in ("negative_rec", "negative_command"):
+            sample = language.sample_language(scene, rng, task, "eval")
+            if sample.task == task:
+                seen.add(negative_form(scene, sample.meta["refs"][0]))
+    assert seen == set(NEGATIVE_FORMS)
