@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = ["box_iou", "find_config", "main"]
 
@@ -134,9 +134,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 return 1
         print(f"groma_node active after {time.monotonic() - start:.1f} s")
         reply = None
-        for _ in range(20):  # the first frame may still be on its way
+        for _ in range(20):  # the camera's first frames may still be on their way
             reply = client.send(args.command, args.timeout, want_annotated=True)
-            if reply is None or reply.result.status != GroundingResult.STATUS_NO_IMAGE:
+            if reply is None or not _before_first_frames(reply.result):
                 break
             time.sleep(0.5)
         if reply is None:
@@ -184,6 +184,21 @@ def main(argv: Optional[list[str]] = None) -> int:
             shutil.rmtree(logs, ignore_errors=True)
         else:
             print(f"process logs kept in {logs}", file=sys.stderr)
+
+
+def _before_first_frames(result: Any) -> bool:
+    """The node answered before the camera's first colour image, or first depth image, reached it.
+
+    Each subscription matches the camera's publisher on its own, so right after start-up the
+    colour images may already arrive while the depth subscription has received nothing yet.
+    """
+    from groma_ros.msg import Detection3DStatus, GroundingResult
+    from groma_ros.spatial import NONE_RECEIVED
+
+    no_depth_yet = (
+        result.depth_status == Detection3DStatus.STATUS_NO_DEPTH and result.depth_status_message.endswith(NONE_RECEIVED)
+    )
+    return result.status == GroundingResult.STATUS_NO_IMAGE or no_depth_yet
 
 
 def _xyz(point: tuple[float, ...]) -> str:

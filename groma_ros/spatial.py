@@ -41,6 +41,7 @@ from groma_ros.msg import Detection3DStatus, GroundingResult
 __all__ = [
     "stamp_ns",
     "StampBuffer",
+    "NONE_RECEIVED",
     "intrinsics_from_camera_info",
     "Spatial",
     "unavailable",
@@ -61,6 +62,11 @@ LABEL_HEIGHT = 0.04
 def stamp_ns(header: Header) -> int:
     """``header.stamp`` in integer nanoseconds."""
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+#: :meth:`StampBuffer.match`'s reason when the topic never delivered a message (the node's
+#: ``depth_status_message`` ends with it while a depth stream has not reached the node yet).
+NONE_RECEIVED = "none received"
 
 
 class StampBuffer:
@@ -138,7 +144,7 @@ class StampBuffer:
                 self._cond.wait(remaining)
             count = len(self._items)
         if msg is None:
-            return None, "none received" if self.received == 0 else "none buffered"
+            return None, NONE_RECEIVED if self.received == 0 else "none buffered"
         return None, f"the nearest of {count} buffered is {diff / 1e9:.3f} s away (tolerance {tolerance_ns / 1e9:g} s)"
 
 

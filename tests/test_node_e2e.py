@@ -500,6 +500,23 @@ def test_node_survived(node_process: subprocess.Popen, peer: Peer, mugs: Scene) 
     assert peer.command_on(rgb_to_image_msg(mugs.image, peer.header()), "pick up the red mug").status == S.STATUS_OK
 
 
+def test_demo_retries_until_the_first_colour_and_depth_frames_arrived() -> None:
+    """The demo commands again while the node has had no image, or no depth image, yet (start-up:
+    each subscription matches the camera on its own); a lost or late depth frame is no reason."""
+    from groma_ros.demo import _before_first_frames
+    from groma_ros.spatial import StampBuffer
+
+    never = StampBuffer(1).match(0, 0)[1]
+    assert never == "none received"
+    D = Detection3DStatus
+    assert _before_first_frames(GroundingResult(status=S.STATUS_NO_IMAGE))
+    assert _before_first_frames(GroundingResult(status=S.STATUS_OK, depth_status=D.STATUS_NO_DEPTH,
+                                                depth_status_message=f"no depth image on '/depth' for this image: {never}"))
+    assert not _before_first_frames(GroundingResult(status=S.STATUS_OK, depth_status=D.STATUS_NO_DEPTH,
+                                                    depth_status_message="... the nearest of 10 buffered is 0.2 s away"))
+    assert not _before_first_frames(GroundingResult(status=S.STATUS_OK, depth_status=D.STATUS_OK))
+
+
 def test_readme_demo(tmp_path: Path) -> None:
     """`python -m groma_ros.demo` (README, `make demo`): camera + node + command, PNG written."""
     model = _model_path()
