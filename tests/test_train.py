@@ -27,6 +27,8 @@ from groma_core.train import (
     _label_region_list,
     _language_batch,
     _region_list_start,
+    KEPT_ROWS_ATTENTION,
+    SupervisedAttention,
     attention_loss,
     attention_targets,
     locate_text,
@@ -237,10 +239,45 @@ def test_rec_phrase_gathering_starts_after_the_previous_turn():
 
 
 def test_attention_loss_is_the_negative_log_attention_mass_on_each_targets_keys():
-    layers = [torch.full((1, 4, 5, 5), 0.2) for _ in range(4)]
-    layer, head = SUPERVISED_HEADS["pointer"]
-    layers[layer][0, head, 3, 1] = 0.5
-    rows = {name: torch.zeros(0, 4, dtype=torch.long) for name in SUPERVISED_HEADS}
-    rows["pointer"] = torch.tensor([[0, 0, 3, 1], [2, 0, 4, 0], [2, 0, 4, 2]])  # target 1 has no rows
+    rows = {"pointer": torch.tensor([[0, 0, 3, 1], [2, 0, 4, 0], [2, 0, 4, 2]])}  # target 1 has no rows
+    weights = {"pointer": torch.tensor([0.5, 0.2, 0.2])}
     expected = -(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.4))) / 2  # one head: sum = its mean
-    assert attention_loss(tuple(layers), rows).item() == pytest.approx(expected.item())
+    assert attention_loss(weights, rows).item() == pytest.approx(expected.item())
+    assert attention_loss({}, rows).item() == 0.0
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_kept_attention_rows_equal_eager_attention_and_carry_gradients(padded: bool):
+    """Training runs the LLM with fused attention and computes only the supervised rows' weights; they must
+    be the rows eager attention returns (causal mask, left-over padding), and the loss must reach the weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    llm = LlamaForCausalLM(config)
+    embeds = torch.randn(2, 12, 32)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    if padded:
+        mask[1, 9:] = 0
+    rows = {name: torch.tensor([[0, 0, 5, 2], [0, 0, 5, 4], [1, 1, 8, 0], [2, 0, 11, 11]])
+            for name in SUPERVISED_HEADS}
+    llm.config._attn_implementation = "eager"
+    eager = llm.model(inputs_embeds=embeds, attention_mask=mask, output_attentions=True).attentions
+    llm.config._attn_implementation = KEPT_ROWS_ATTENTION
+    supervised = SupervisedAttention(llm)
+    supervised.keep(rows)
+    out = llm.model(inputs_embeds=embeds, attention_mask=mask)
+    weights = supervised.weights(rows)
+    for name, (layer, head) in SUPERVISED_HEADS.items():
+        r = rows[name]
+        torch.testing.assert_close(weights[name], eager[layer][r[:, 1], head, r[:, 2], r[:, 3]], atol=1e-5, rtol=1e-4)
+    llm.config._attn_implementation = "eager"
+    again = llm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(out.last_hidden_state, again, atol=1e-5, rtol=1e-4)  # the forward is unchanged
+    attention_loss(weights, rows).backward()
+    assert llm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    supervised.release()
+    assert llm.model.layers[0].self_attn.kept_rows is None
+
+
