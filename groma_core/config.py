@@ -59,8 +59,15 @@ class ProjectOptions:
     # levels are shaped like DINOv2's hidden states; the vision config then gives only the tokens' width,
     # hidden_size, and the trunk's stride, patch_size = 16)
     vision_backbone: str = "dinov2"
+    # the region encoder resizes the last three vision levels to these multiples of the token grid before
+    # fusing them: the original's 4g / 2g / g (128/64/32 at 448 px). A CNN trunk's levels are pooled to the grid
+    # first, so larger maps only interpolate, and the fuse's 3x3 convs at 4g cost most of stage 1's backward
+    region_level_upscale: tuple[int, int, int] = (4, 2, 1)
 
     def __post_init__(self) -> None:
+        self.region_level_upscale = tuple(self.region_level_upscale)  # config.json stores a list
+        if len(self.region_level_upscale) != 3 or not all(isinstance(u, int) and u >= 1 for u in self.region_level_upscale):
+            raise CheckpointError(f"region_level_upscale must be three integers >= 1, got {self.region_level_upscale!r}")
         if self.region_order not in REGION_ORDERS:
             raise CheckpointError(f"region_order {self.region_order!r} is not one of {REGION_ORDERS}")
         if self.vision_backbone not in VISION_BACKBONES:

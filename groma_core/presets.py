@@ -54,14 +54,16 @@ def official_7b_config() -> GromaConfig:
     )
 
 
-def tiny_config(base_vocab_size: int, word_vectors: tuple[int, int] | None = None) -> GromaConfig:
+def tiny_config(base_vocab_size: int, word_vectors: tuple[int, int] | None = None,
+                region_level_upscale: tuple[int, int, int] = (4, 2, 1)) -> GromaConfig:
     """``groma-tiny``: a CPU-sized Groma for the synthetic tabletop world (about 7.6 M parameters).
 
     384-pixel input; a frozen ImageNet-trained EfficientNet-Lite0 trunk as the vision encoder
     (:mod:`groma_core.backbone`: three levels of 128-wide tokens on a 24x24 grid, 144 image tokens), a 2+2-layer
     proposer with 50 queries, a 7x7 single-round region encoder with correct RoI boxes (the official coordinate
     bugs are off), and a 4-layer, 256-wide Llama trained from scratch; ``word_vectors``: (count, dim) of the
-    pretrained word-vector table its text inputs get (see :mod:`groma_core.word_vectors`), None for none.
+    pretrained word-vector table its text inputs get (see :mod:`groma_core.word_vectors`), None for none;
+    ``region_level_upscale``: see :class:`ProjectOptions`.
     """
     llm = LlamaConfig(
         vocab_size=base_vocab_size, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
@@ -81,6 +83,7 @@ def tiny_config(base_vocab_size: int, word_vectors: tuple[int, int] | None = Non
         region_feature_dim=256, region_roi_size=7, region_num_fuse=1, region_gn_groups=32,
         roi_bug_compatible=False, region_order="left_to_right", distinct_regions=True,
         word_vector_count=word_vectors[0] if word_vectors else 0, word_vector_dim=word_vectors[1] if word_vectors else 0,
+        region_level_upscale=tuple(region_level_upscale),
     )
     return GromaConfig(llm=llm, vision=vision, ddetr=ddetr, vis_output_layer=-1, num_new_tokens=NUM_NEW_TOKENS,
                        nms_thres=0.6, box_score_thres=0.15, max_region_num=20, options=options)

@@ -3,8 +3,9 @@
 Module names follow the original (``region_encoder.mlvl_fuse.*``, ``region_encoder.roi_align.*``).
 
 Input: three DINOv2 block outputs (the last three), each (B, C, g, g); boxes are normalised cxcywh.
-Level 0 (third-to-last block) is resized to 4g, level 1 to 2g, level 2 stays g, so on a 448 input with
-patch 14 the maps are 128/64/32 (true strides 3.5/7/14 px).
+Level l is resized to ``region_level_upscale[l]`` x g: in the original level 0 (third-to-last block) to
+4g, level 1 to 2g, level 2 stays g, so on a 448 input with patch 14 the maps are 128/64/32 (true strides
+3.5/7/14 px).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from torchvision.ops import roi_align
 from .config import GromaConfig
 
 NUM_LEVELS = 3
-LEVEL_UPSCALE = (4, 2, 1)
 
 
 class ConvModule(nn.Module):
@@ -152,17 +152,19 @@ class RegionEncoder(nn.Module):
         super().__init__()
         opts = config.options
         self.grid = config.patch_grid
+        self.upscale = opts.region_level_upscale
         self.mlvl_fuse = MultiLevelFuse(config.vision.hidden_size, opts.region_num_fuse, opts.region_gn_groups)
         self.roi_align = MultiLevelRoIExtractor(config)
 
     def fuse(self, hidden_states: tuple[Tensor, ...]) -> list[Tensor]:
-        """Fused maps of the last three blocks: [(B, C, 4g, 4g), (B, C, 2g, 2g), (B, C, g, g)]."""
+        """Fused maps of the last three blocks, level l (B, C, u_l g, u_l g) with u = ``region_level_upscale``
+        (the original's [(B, C, 4g, 4g), (B, C, 2g, 2g), (B, C, g, g)])."""
         maps = []
         for level, hs in enumerate(hidden_states[-NUM_LEVELS:]):
             x = hs[:, 1:]
             b, n, c = x.shape
             x = x.transpose(1, 2).reshape(b, c, self.grid, self.grid)
-            side = self.grid * LEVEL_UPSCALE[level]
+            side = self.grid * self.upscale[level]
             maps.append(_resize(x, (side, side)))
         return self.mlvl_fuse(maps)
 

@@ -196,3 +196,22 @@ def test_bad_config_is_a_checkpoint_error(fixture_checkpoint, tmp_path):
     (target / "config.json").write_text(json.dumps({"llm_cfg": {}}))
     with pytest.raises(CheckpointError, match="perceiver_cfg"):
         GromaConfig.from_file(target / "config.json")
+
+
+def test_region_level_upscale_sets_the_fused_map_sizes_and_round_trips_through_config_json():
+    from groma_core.presets import tiny_config
+
+    config = tiny_config(64, region_level_upscale=(2, 1, 1))
+    again = GromaConfig.from_dict(json.loads(json.dumps(config.to_dict())))  # as config.json stores it (a list)
+    assert again.options.region_level_upscale == (2, 1, 1) and again == config
+    assert tiny_config(64).options.region_level_upscale == (4, 2, 1) == official_7b_config().options.region_level_upscale
+    model = GromaModel(again).eval()
+    g = again.patch_grid
+    with torch.no_grad():
+        hidden = model.perceiver.encode_image(torch.zeros(1, 3, again.options.image_size, again.options.image_size))
+        fused = model.region_encoder.fuse(hidden)
+        assert [f.shape[-1] for f in fused] == [2 * g, g, g]
+        boxes = [torch.tensor([[0.5, 0.5, 0.2, 0.3]])]
+        assert model.region_encoder(fused, boxes).shape == (1, again.options.region_feature_dim)
+    with pytest.raises(CheckpointError, match="region_level_upscale"):
+        tiny_config(64, region_level_upscale=(2, 0, 1))

@@ -37,6 +37,7 @@ from groma_core.train import (
     calibrate_projections,
     object_attributes,
     load_vision_side,
+    override_settings,
     run_training,
 )
 from groma_core.world import render_scene
@@ -281,3 +282,15 @@ def test_kept_attention_rows_equal_eager_attention_and_carry_gradients(padded: b
     assert llm.model.layers[0].self_attn.kept_rows is None
 
 
+
+
+def test_set_overrides_the_presets_settings_with_typed_json_values():
+    tiny = PRESETS["tiny"]
+    s = override_settings(tiny, ["stage3_steps=1000", "region_level_upscale=[2,1,1]", "lm_lr=1", "word_vectors=false"])
+    assert (s.stage3_steps, s.region_level_upscale, s.lm_lr, s.word_vectors) == (1000, (2, 1, 1), 1.0, False)
+    assert s.stage2_steps == tiny.stage2_steps and override_settings(tiny, []) == tiny
+    for bad, message in (("nothing=1", "NAME=VALUE"), ("stage3_steps", "NAME=VALUE"), ("stage3_steps=1.5", "like 1600"),
+                         ("region_level_upscale=[2,1]", "like"), ("lm_lr=fast", "not JSON"),
+                         ("region_level_upscale=[2,1.5,1]", "like")):
+        with pytest.raises(ValueError, match=message):
+            override_settings(tiny, [bad])
