@@ -21,9 +21,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -31,6 +29,7 @@ from std_msgs.msg import Header
 
 from groma_core.world import Scene, render_scene
 from groma_ros.image_conversion import DEPTH_ENCODINGS, metres_to_depth_image, rgb_to_image_msg
+from groma_ros.ros_process import run_node
 
 __all__ = ["FakeCamera", "camera_info_msg", "main"]
 
@@ -122,21 +121,8 @@ class FakeCamera(Node):
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """Console script ``groma_fake_camera`` (standard ``--ros-args``)."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = FakeCamera()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Console script ``groma_fake_camera`` (standard ``--ros-args``); returns the exit code."""
+    return run_node(args, FakeCamera, logger_name="groma_fake_camera")
 
 
 if __name__ == "__main__":

@@ -51,11 +51,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import InvalidHandle, InvalidParameterValueException, NotInitializedException
-from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
-from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
@@ -79,6 +75,7 @@ from groma_ros.spatial import (
     unavailable,
 )
 from groma_ros.image_conversion import ImageConversionError, msg_to_rgb, rgb_to_image_msg
+from groma_ros.ros_process import run_node
 from groma_ros.msg import GroundingResult
 from groma_ros.srv import Ground
 
@@ -89,7 +86,6 @@ __all__ = ["GromaNode", "PipelineFactory", "validate_command", "main"]
 PipelineFactory = Callable[..., Any]
 
 ImageMsg = Union[Image, CompressedImage]
-RCLError = _rclpy.RCLError  # what rcl calls raise, e.g. on a context that was shut down
 
 _RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
@@ -319,10 +315,9 @@ class GromaNode(LifecycleNode):
             raise ValueError(f"invalid parameter: {bad.reason}")
 
         self._pipeline: Any = None
-        self._lock = threading.Lock()  # guards _latest, _recent, _command_seq
-        self._latest: Optional[_Latest] = None
-        # Recent images, newest last, to fall back on when the latest one's depth was lost
-        # (depth_buffer_size of them with 3D on, else only the latest).
+        self._lock = threading.Lock()  # guards _recent, _command_seq
+        # Recent images, newest last: the latest, and with 3D on (depth_buffer_size of them) the
+        # ones to fall back on when the latest one's depth was lost.
         self._recent: deque[_Latest] = deque(maxlen=1)
         self._image_seq = 0
         self._command_seq = 0
@@ -497,7 +492,6 @@ class GromaNode(LifecycleNode):
         self._depth_buffer.clear()
         self._info_buffer.clear()
         with self._lock:
-            self._latest = None
             self._recent = deque(maxlen=1)
         self._cache = None
         return super().on_deactivate(state)
@@ -549,16 +543,18 @@ class GromaNode(LifecycleNode):
         now = self.get_clock().now().nanoseconds
         with self._lock:
             self._image_seq += 1
-            self._latest = _Latest(msg, self._image_seq, now)
-            self._recent.append(self._latest)
+            self._recent.append(_Latest(msg, self._image_seq, now))
+
+    def _latest_frame(self) -> Optional[_Latest]:
+        with self._lock:
+            return self._recent[-1] if self._recent else None
 
     def _warn_no_image(self) -> None:
         if self._warn_timer is not None:
             self.destroy_timer(self._warn_timer)
             self._warn_timer = None
-        with self._lock:
-            if self._latest is not None:
-                return
+        if self._latest_frame() is not None:
+            return
         self.get_logger().warning(self._no_image_reason(time.monotonic() - self._activated_at))
 
     def _no_image_reason(self, waited: float) -> str:
@@ -640,8 +636,7 @@ class GromaNode(LifecycleNode):
         if job.image is not None:
             frame_in = _Latest(job.image, 0, now_ns)
         else:
-            with self._lock:
-                frame_in = self._latest
+            frame_in = self._latest_frame()
             if frame_in is None:
                 return GroundingResult.STATUS_NO_IMAGE, self._no_image_reason(time.monotonic() - self._activated_at)
         age = _frame_age(frame_in, now_ns)
@@ -714,7 +709,7 @@ class GromaNode(LifecycleNode):
         """
         if not self._depth_active:
             return Spatial(DepthStatus.DISABLED, "3D is off (use_depth was false at activation)")
-        tolerance = int(float(self._param("depth_max_stamp_diff")) * 1e9)
+        tolerance = self._depth_tolerance_ns()
         depth, why = self._depth_buffer.match(stamp_ns(header), tolerance, wait)
         if depth is None:
             topic = self.resolve_topic_name(self._param("depth_topic"))
@@ -731,8 +726,10 @@ class GromaNode(LifecycleNode):
         image grounded instead: a depth stream that stopped, or an image that never had depth,
         gets the latest image and NO_DEPTH."""
         newest = self._depth_buffer.newest_stamp()
-        tolerance = int(float(self._param("depth_max_stamp_diff")) * 1e9)
-        return newest is not None and newest > stamp_ns(frame.msg.header) + tolerance
+        return newest is not None and newest > stamp_ns(frame.msg.header) + self._depth_tolerance_ns()
+
+    def _depth_tolerance_ns(self) -> int:
+        return int(float(self._param("depth_max_stamp_diff")) * 1e9)
 
     def _older_frame_with_depth(
         self, latest: _Latest, now_ns: int, max_age: float
@@ -820,68 +817,29 @@ class GromaNode(LifecycleNode):
                 executor.wake()  # so that the service coroutine awaiting it resumes now
 
 
-def spin(executor: Executor) -> None:
-    """``executor.spin()`` until shutdown, surviving entities destroyed while it builds its wait set.
-
-    A lifecycle transition destroys subscriptions (deactivate) and publishers (cleanup). When it is
-    triggered from a thread other than the executor's (in process: the tests, a composing program),
-    rclpy's executor may be adding one of their QoS event handlers to its wait set at that moment and
-    then raises ``InvalidHandle``, which ends ``spin()``: every later callback is silently lost
-    (ros2/rclpy#1284, open upstream; seen here in the test suite under CPU load). The next pass no
-    longer sees the destroyed entity, so spinning on is safe.
-    """
-    while executor.context.ok():
-        try:
-            executor.spin()
-            return
-        except InvalidHandle:
-            continue
-
-
 def main(args: Optional[list[str]] = None) -> int:
     """Console script ``groma_node``: run the node with standard ``--ros-args``.
 
     With ``autostart`` (the default) the node configures and activates itself and the process
     exits with status 1 if that fails (e.g. the model cannot be loaded), so that launch files,
     the demo and service managers see the failure at once; an invalid parameter value exits
-    with status 2.  Without it the node waits,
-    unconfigured, for a lifecycle manager.  Returns the process exit code.
+    with status 2.  Without it the node waits, unconfigured, for a lifecycle manager.  Returns
+    the process exit code.
     """
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    executor = SingleThreadedExecutor()
-    try:
-        try:
-            node = GromaNode()
-        except (ValueError, InvalidParameterValueException) as exc:  # a bad params file or -p value
-            rclpy.logging.get_logger("groma_node").fatal(str(exc))
-            return 2
-        except (RCLError, InvalidHandle, NotInitializedException):
-            if rclpy.ok():
-                raise
-            return 0  # Ctrl-C during start-up: rclpy shut the context down under the constructor
-        executor.add_node(node)
+
+    def start(node: GromaNode) -> int:
         if node.get_parameter("autostart").value:
             for transition in (node.trigger_configure, node.trigger_activate):
                 if transition() != TransitionCallbackReturn.SUCCESS:
                     node.get_logger().fatal(f"autostart failed at {transition.__name__[len('trigger_'):]}; exiting")
                     return 1
-        spin(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        try:
-            if node is not None:
-                node._stop_worker("the node is shutting down")
-                executor.remove_node(node)
-                node.destroy_node()
-            executor.shutdown()
-            rclpy.try_shutdown()
-        except KeyboardInterrupt:
-            # Python raises the Ctrl-C only once the C call it interrupted returns, so a
-            # Ctrl-C during start-up may surface here, after the shutdown it caused.
-            pass
-    return 0
+        return 0
+
+    return run_node(
+        args, GromaNode, logger_name="groma_node", start=start,
+        stop=lambda node: node._stop_worker("the node is shutting down"),
+    )
+
 
 if __name__ == "__main__":
     sys.exit(main())

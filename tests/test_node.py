@@ -32,7 +32,8 @@ import ros_env  # noqa: E402
 from groma_core.errors import CheckpointError, GromaInputError  # noqa: E402
 from groma_ros.conversions import bbox2d_to_xyxy, xyxy_to_bbox2d  # noqa: E402
 from groma_ros.msg import GroundingResult  # noqa: E402
-from groma_ros.node import PARAMETERS, GromaNode, spin, validate_command  # noqa: E402
+from groma_ros.node import PARAMETERS, GromaNode, validate_command  # noqa: E402
+from groma_ros.ros_process import spin  # noqa: E402
 from groma_ros.srv import Ground  # noqa: E402
 
 S = GroundingResult
@@ -163,7 +164,7 @@ class Harness:
         def stored() -> bool:
             # a new image arrived and it is this one: a late duplicate of an earlier re-published
             # image would also advance the sequence number
-            latest = self.node._latest
+            latest = self.node._latest_frame()
             return (latest is not None and latest.seq > seen and latest.msg.header == msg.header
                     and latest.msg.data == msg.data)
 
