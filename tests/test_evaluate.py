@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from groma_core.evaluate import MISS_KINDS, NEGATIVE_FORMS, box_iou, evaluate, miss_kind, negative_form
+from groma_core import language
 from groma_core.language import Ref, ref_form
 from groma_core.pipeline import GromaPipeline
 from groma_core.train import EVAL_SEED_START
@@ -53,6 +54,21 @@ def test_eval_counts_every_task_and_its_rates_agree(pipe):
     assert set(negatives) == set(NEGATIVE_FORMS) and sum(f["n"] for f in negatives.values()) == 2 * n
     right = sum(f["correct"] * f["n"] for f in negatives.values() if f["n"])
     assert right == pytest.approx(result["not_found_correct"] * 2 * n, abs=1e-3)
+
+
+def test_eval_counts_a_sample_only_under_the_task_it_was_made_for(pipe, monkeypatch):
+    """sample_language falls back to another task when a scene cannot support the one asked for:
+    a positive 'rec' sample made in place of a "not found" one must not count as a "not found"."""
+    made = language.sample_language
+
+    def no_negative_commands(scene, rng, task=None, split="train", plain_share=0.0):
+        return made(scene, rng, "rec" if task == "negative_command" else task, split, plain_share)
+
+    monkeypatch.setattr(language, "sample_language", no_negative_commands)
+    result = evaluate(pipe, 2, EVAL_SEED_START, progress=False)
+    assert result["counts"]["not_found"] == 2  # the negative_rec ones only
+    assert sum(f["n"] for f in result["not_found_by_form"].values()) == 2
+    assert result["counts"]["rec"] == result["counts"]["command"] == 2
 
 
 @pytest.mark.parametrize("ref, form", [
