@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import re
 
@@ -53,9 +54,16 @@ def test_every_stage_runs_resumes_and_writes_a_loadable_checkpoint(tmp_path):
     frame = pipe.encode(render_scene(1).image)
     assert 1 <= len(frame.regions) <= pipe.model.config.max_region_num
     assert len(pipe.ground(frame, "pick up the blue mug", max_new_tokens=3).token_ids) <= 3
-    # a resumed run finds every stage done and writes the same weights again
+    # each supervised head's attention loss at the end of stages 2 and 3 (index_copy has targets in every batch)
+    by_head = info["attention_loss_by_head"]
+    assert set(by_head) == {"stage2", "stage3"}
+    for summary in by_head.values():
+        assert "index_copy" in summary and set(summary) <= set(SUPERVISED_HEADS)
+        assert all(math.isfinite(v) and v >= 0 for v in summary.values())
+    # a resumed run finds every stage done and writes the same weights (and summaries) again
     again = run_training("smoke", tmp_path / "run", seed=3, resume=True)
     assert (again / "model.safetensors").read_bytes() == (final / "model.safetensors").read_bytes()
+    assert json.loads((again / "training.json").read_text())["attention_loss_by_head"] == by_head
 
 
 def test_a_run_can_take_its_vision_side_from_a_trained_checkpoint_instead_of_stage_1(tmp_path):
