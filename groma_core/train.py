@@ -824,6 +824,7 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
                             lr=settings.lm_lr, weight_decay=0.0)
     path = out / f"stage{stage}.pt"
     step, summary = _load_progress(path, model, opt, probes) if resume else (0, {})
+    trains = step < steps  # else a resumed run found the stage done: keep its checkpoint's summary
     rng = random.Random(seed * 7919 + stage * 104_729 + step)
     recent: dict[str, deque[float]] = {name: deque(maxlen=SUMMARY_STEPS) for name in SUPERVISED_HEADS}
     model.train()
@@ -859,7 +860,7 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
         bar.set_postfix(lm=f"{loss_lm.item():.3f}", attn=f"{loss_attn.item():.3f}", probe=f"{loss_probe.item():.3f}")
         if (step + 1) % settings.save_every == 0:
             _save_progress(path, model, opt, step + 1, probes)
-    if step < steps:  # this call trained: summarise its last steps (else keep the checkpoint's summary)
+    if trains:
         summary = {name: round(sum(v) / len(v), 4) for name, v in recent.items() if v}
     _save_progress(path, model, opt, steps, probes, summary)
     supervised.release()
