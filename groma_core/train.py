@@ -778,8 +778,12 @@ def attention_losses(weights: dict[str, Tensor], targets: dict[str, Tensor]) -> 
 
 def attention_loss(weights: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
     """The sum over heads of :func:`attention_losses`; zero when no head has targets."""
-    losses = list(attention_losses(weights, targets).values())
-    return torch.stack(losses).sum() if losses else torch.zeros(())
+    return total_attention_loss(attention_losses(weights, targets))
+
+
+def total_attention_loss(by_head: dict[str, Tensor]) -> Tensor:
+    """The sum of per-head losses (:func:`attention_losses`); zero when there are none."""
+    return torch.stack(list(by_head.values())).sum() if by_head else torch.zeros(())
 
 
 def _region_list_start(expanded: Tensor, tokens: TokenIds) -> int:
@@ -848,7 +852,7 @@ def train_language(model: GromaModel, tokenizer: GromaTokenizer, cache, settings
         targets = batch.labels[:, 1:].reshape(-1)
         loss_lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX)
         by_head = attention_losses(supervised.weights(batch.attention), batch.attention)
-        loss_attn = torch.stack(list(by_head.values())).sum() if by_head else torch.zeros(())
+        loss_attn = total_attention_loss(by_head)
         for name, value in by_head.items():
             recent[name].append(value.item())
         loss_probe = probes.loss(out.hidden_states, batch) if probing else torch.zeros(())
