@@ -40,6 +40,7 @@ from groma_core.train import (
     load_vision_side,
     override_settings,
     run_training,
+    unlearned_heads,
 )
 from groma_core.world import render_scene
 
@@ -64,6 +65,14 @@ def test_every_stage_runs_resumes_and_writes_a_loadable_checkpoint(tmp_path):
     again = run_training("smoke", tmp_path / "run", seed=3, resume=True)
     assert (again / "model.safetensors").read_bytes() == (final / "model.safetensors").read_bytes()
     assert json.loads((again / "training.json").read_text())["attention_loss_by_head"] == by_head
+    assert info["unlearned_heads"] == {stage: unlearned_heads(summary) for stage, summary in by_head.items()}
+
+
+def test_a_verify_head_that_attends_to_every_region_alike_is_reported_unlearned():
+    # measured at the end of stage 2 in two real runs (region_level_upscale 2/1/1, seeds 0 and 1)
+    assert unlearned_heads({"pointer": 0.29, "verify": 1.63}) == ["verify"]
+    assert unlearned_heads({"pointer": 0.41, "verify": 0.73}) == []
+    assert unlearned_heads({"index_copy": 0.0}) == []  # a stage whose batches had no lookups
 
 
 def test_a_run_can_take_its_vision_side_from_a_trained_checkpoint_instead_of_stage_1(tmp_path):
