@@ -122,8 +122,9 @@ class TrainSettings:
     # the region encoder's level sizes (ProjectOptions.region_level_upscale). (2, 1, 1) makes its fuse + RoI forward and
     # backward 1.00 -> 0.36 s per stage-1 batch (shipped model, alternating); a whole run with it (seed 0, groma eval
     # n=500 seeds 1e7 / n=300 2e7) read REC 0.654 / 0.627 (shipped 0.632 / 0.590) but never said "not found" (0.012 /
-    # 0.005; its 'verify' head's attention loss 1.62, the shipped model's 0.71), so the preset keeps the original's
-    # 4/2/1 until a second seed tells chance from cause
+    # 0.005; its 'verify' head's attention loss 1.62, the shipped model's 0.71); seed 1 on its vision side learned
+    # 'verify' (0.73) and read REC 0.600 / 0.623, "not found" 0.553 / 0.522, two-target 0.142 / 0.153 (shipped 0.200 /
+    # 0.167): chance, not 2/1/1, but no better model, so the preset keeps 4/2/1, the shipped weights' vision side
     region_level_upscale: tuple[int, int, int] = (4, 2, 1)
     save_every: int = 200
     threads: int = 2
