@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -29,6 +30,7 @@ from groma_core.train import (
     _language_batch,
     _region_list_start,
     KEPT_ROWS_ATTENTION,
+    PointerProbeHeads,
     SupervisedAttention,
     attention_loss,
     attention_targets,
@@ -36,6 +38,7 @@ from groma_core.train import (
     build_region_cache,
     build_tokenizer,
     calibrate_projections,
+    language_losses,
     object_attributes,
     load_vision_side,
     override_settings,
@@ -161,6 +164,39 @@ def test_short_batches_start_at_the_region_list_with_the_same_supervision(langua
         rows_full, rows_short = getattr(full, name), getattr(short, name)
         assert rows_short[:, 1].tolist() == (rows_full[:, 1] - cut).tolist()
         assert rows_short[:, 2:].tolist() == rows_full[:, 2:].tolist()
+
+
+def test_conversations_have_between_min_rounds_and_max_rounds_rounds(language_setup):
+    _, _, _, settings, cache = language_setup
+    rng = random.Random(3)
+
+    def rounds(low: int, high: int) -> set[int]:
+        s = dataclasses.replace(settings, min_rounds=low, max_rounds=high)
+        return {len(_conversation(cache[i % len(cache)], rng, {"rec": 1.0}, s, True).turns) for i in range(30)}
+
+    assert rounds(4, 4) == {4}  # a REC answer is never empty, so no round is dropped
+    assert rounds(1, 4) == {1, 2, 3, 4}
+
+
+def test_bf16_language_losses_match_float32_and_give_float32_gradients(language_setup):
+    tokenizer, model, tokens, settings, cache = language_setup
+    model = copy.deepcopy(model).train()  # the fixture's model stays as it is
+    model.llm.config._attn_implementation = KEPT_ROWS_ATTENTION
+    supervised, probes = SupervisedAttention(model.llm), PointerProbeHeads(model.config.llm.hidden_size)
+    losses = {}
+    for bf16 in (False, True):
+        batch = _language_batch(model, tokenizer, tokens, cache, random.Random(5), {"rec": 1.0, "command2": 1.0, "caption": 1.0},
+                                settings)
+        lm, by_head, probe = language_losses(model, probes, supervised,
+                                             batch, dataclasses.replace(settings, bf16_language=bf16))
+        (lm + sum(by_head.values()) + probe).backward()
+        grad = model.llm.model.layers[0].mlp.up_proj.weight.grad
+        assert lm.dtype == probe.dtype == grad.dtype == torch.float32 and grad.abs().sum() > 0
+        losses[bf16] = [lm.item(), probe.item()] + [by_head[name].item() for name in sorted(by_head)]
+        model.zero_grad()
+    assert len(losses[True]) == 2 + len(SUPERVISED_HEADS)
+    assert losses[True] != losses[False]  # the forward really ran in bfloat16 ...
+    assert losses[True] == pytest.approx(losses[False], rel=0.02, abs=0.01)  # ... and computed the same losses
 
 
 def test_pointer_rows_name_the_object_and_index_of_the_region_the_pointer_means(language_setup):
@@ -308,6 +344,7 @@ def test_set_overrides_the_presets_settings_with_typed_json_values():
     assert s.stage2_steps == tiny.stage2_steps and override_settings(tiny, []) == tiny
     for bad, message in (("nothing=1", "NAME=VALUE"), ("stage3_steps", "NAME=VALUE"), ("stage3_steps=1.5", "like 1600"),
                          ("region_level_upscale=[2,1]", "like"), ("lm_lr=fast", "not JSON"),
-                         ("region_level_upscale=[2,1.5,1]", "like")):
+                         ("region_level_upscale=[2,1.5,1]", "like"), ("min_rounds=7", "min_rounds <= max_rounds"),
+                         ("min_rounds=0", "1 <= min_rounds")):
         with pytest.raises(ValueError, match=message):
             override_settings(tiny, [bad])
