@@ -135,8 +135,8 @@ class TrainSettings:
     # 0.167): chance, not 2/1/1, but no better model, so the preset keeps 4/2/1, the shipped weights' vision side
     region_level_upscale: tuple[int, int, int] = (4, 2, 1)
     # stages 2-3 compute the LLM's forward (and so its backward) under CPU autocast to bfloat16; weights, optimizer
-    # and losses stay float32. On CPUs with AVX512-BF16 (this one) a bfloat16 matmul runs about 3x faster; the LLM's
-    # forward and backward 1.46x (stage 2) and 1.49x (stage 3), whole steps only 1.28x and 1.08x (a first measurement)
+    # and losses stay float32. On CPUs with AVX512-BF16 (this one) a bfloat16 matmul runs about 3x faster, whole steps
+    # 1.45x (stage 2) and 1.31x (stage 3) in a fresh process; a real run's stage 2 was slower than float32 (README)
     bf16_language: bool = False
     save_every: int = 200
     threads: int = 2
