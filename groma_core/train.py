@@ -136,7 +136,7 @@ class TrainSettings:
     region_level_upscale: tuple[int, int, int] = (4, 2, 1)
     # stages 2-3 compute the LLM's forward (and so its backward) under CPU autocast to bfloat16; weights, optimizer
     # and losses stay float32. On CPUs with AVX512-BF16 (this one) a bfloat16 matmul runs about 3x faster, whole steps
-    # 1.45x (stage 2) and 1.31x (stage 3) in a fresh process; a real run's stage 2 was slower than float32 (README)
+    # 1.45x (stage 2) and 1.31x (stage 3) in a fresh process; a real run was slower than float32 and read worse (README)
     bf16_language: bool = False
     save_every: int = 200
     threads: int = 2
